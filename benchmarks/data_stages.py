@@ -1,0 +1,130 @@
+"""Benchmark the data stages (fetch, split, augment) on full archives.
+
+    python benchmarks/data_stages.py --profile full-local \
+        --chest-xray ../shared/datasets/chest_xray_224.zip \
+        --mri ../shared/datasets/brain_tumor_mri.zip --out docs/data_benchmark.json
+
+Each stage runs as its own `medimg` process in a scratch root (MEDIMG_ROOT), so
+the repository's data/ is untouched. Peak resident memory is the largest sum of
+RSS over the stage's process tree (workers included), sampled every 0.1 s.
+Prints a table and writes the figures, counts and split reports as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = ("fetch", "split", "augment")
+
+
+def tree_rss(proc: psutil.Process) -> int:
+    total = 0
+    for p in [proc, *proc.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):  # a worker may exit between the calls
+            total += p.memory_info().rss
+    return total
+
+
+def run_stage(stage: str, dataset: str, root: Path, params_file: Path) -> dict:
+    env = {**os.environ, "MEDIMG_ROOT": str(root)}
+    cmd = [sys.executable, "-m", "medimg.cli", "--params", str(params_file), stage]
+    cmd += ["--dataset", dataset]
+    start = time.perf_counter()
+    proc = psutil.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, tree_rss(proc))
+        time.sleep(0.1)
+    seconds = time.perf_counter() - start
+    output = proc.stdout.read().decode()
+    if proc.returncode != 0:
+        raise SystemExit(f"{stage} {dataset} failed:\n{output[-4000:]}")
+    return {"seconds": round(seconds, 2), "peak_rss_mib": round(peak / 2**20, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="full-local")
+    parser.add_argument("--chest-xray", type=Path, required=True)
+    parser.add_argument("--mri", type=Path, required=True)
+    parser.add_argument("--workers", type=int, default=os.cpu_count())
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "data_benchmark.json")
+    args = parser.parse_args()
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["profile"] = args.profile
+    overrides = raw["profiles"][args.profile]
+    overrides["datasets.chest_xray.fetch.source"] = str(args.chest_xray.resolve())
+    overrides["datasets.brain_tumor_mri.fetch.source"] = str(args.mri.resolve())
+    for name in raw["datasets"]:
+        raw["datasets"][name]["prepare"]["workers"] = args.workers
+
+    results: dict = {
+        "machine": f"{os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB, "
+        f"{platform.machine()}",
+        "command": " ".join(sys.argv),
+        "profile": args.profile,
+        "datasets": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="medimg-bench-") as tmp:
+        root = Path(tmp)
+        params_file = root / "params.yaml"
+        params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+        for dataset in raw["datasets"]:
+            entry: dict = {"stages": {}}
+            for stage in STAGES:
+                entry["stages"][stage] = run_stage(stage, dataset, root, params_file)
+            manifest = pd.read_csv(root / "data" / "raw" / dataset / "manifest.csv")
+            n = len(manifest)
+            prepared = json.loads((root / "data/prepared" / dataset / "meta.json").read_text())
+            n_prepared = sum(sum(c.values()) for c in prepared["counts"].values())
+            for stage, n_images in (("fetch", n), ("split", n), ("augment", n_prepared)):
+                s = entry["stages"][stage]
+                s["images"] = n_images
+                s["images_per_second"] = round(n_images / s["seconds"], 1)
+            entry["counts"] = json.loads(
+                (root / "data" / "raw" / dataset / "fetch_report.json").read_text()
+            )["counts"]
+            entry["split_report"] = json.loads(
+                (root / "data" / "splits" / dataset / "split_report.json").read_text()
+            )
+            entry["prepared"] = {k: prepared[k] for k in ("image_size", "channels", "counts")}
+            # The thesis protocol on the same fetched data, to show how much it leaks.
+            thesis = json.loads(json.dumps(raw))
+            thesis["datasets"][dataset]["split"]["protocol"] = "thesis"
+            thesis_file = root / "params-thesis.yaml"
+            thesis_file.write_text(yaml.safe_dump(thesis, sort_keys=False))
+            entry["thesis_split"] = run_stage("split", dataset, root, thesis_file)
+            entry["thesis_split_report"] = json.loads(
+                (root / "data" / "splits" / dataset / "split_report.json").read_text()
+            )
+            results["datasets"][dataset] = entry
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"{'dataset':<16} {'stage':<8} {'images':>7} {'seconds':>8} {'img/s':>8} {'peak MiB':>9}")
+    for dataset, entry in results["datasets"].items():
+        for stage, s in entry["stages"].items():
+            print(
+                f"{dataset:<16} {stage:<8} {s['images']:>7} {s['seconds']:>8} "
+                f"{s['images_per_second']:>8} {s['peak_rss_mib']:>9}"
+            )
+    print(f"written: {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Data stages: fetch, split, augment (prepare)."""

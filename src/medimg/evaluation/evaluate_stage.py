@@ -1,0 +1,355 @@
+"""The evaluate stage: every seed of a trained configuration on val and test, into reports/<run>/.
+
+Reads models/<run>/ (summary.json, seed-<k>/model.keras, history.csv,
+preprocessing.json) and data/prepared/<dataset>/. Writes reports/<run>/:
+
+    metrics.json          DVC metrics: {"val"|"test": {metric: {mean, std, min, max}},
+                          "per_seed": {"seed-<k>": {"val"|"test": {metric: value}}},
+                          "best_seed", "n_seeds", "std_ddof"}; scalars only, NaN -> null
+    confusion_test.csv    actual,predicted class names, one row per test image (best seed)
+    roc_test.csv          fpr,tpr[,class] (best seed, test)
+    pr_test.csv           recall,precision[,class] (best seed, test)
+    *.png                 confusion_test, roc_test, pr_test, predictions_test (best seed),
+                          training_curves (all seeds)
+    seed-<k>/             per seed: metrics.json (everything, with confusion matrices and
+                          the notes on undefined values) and the four test PNGs
+
+The best seed is the train stage's (summary.json "best_seed", chosen on validation
+data only), so the test set never picks the model it reports.
+
+MLflow: each child run (one per seed, made by the train stage) gets val_<metric> and
+test_<metric> metrics and its seed-<k>/ files under evaluation/; the parent run gets
+<split>_<metric>_{mean,std,min,max} and the top-level files. No run is created here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
+
+from medimg import paths, tracking
+from medimg.config import Params, RunConfig
+from medimg.evaluation import figures
+from medimg.evaluation.metrics import (
+    STD_DDOF,
+    aggregate,
+    classification_metrics,
+    pr_points,
+    roc_points,
+    scalar_metrics,
+)
+from medimg.training.data import PreparedData, load_prepared
+from medimg.training.predict import load_model, predict_proba
+
+EVALUATED_SPLITS = ("val", "test")
+SUMMARY_FILE = "summary.json"
+ARTIFACT_DIR = "evaluation"
+STATISTICS = ("mean", "std", "min", "max")
+TEST_FIGURES = ("confusion_test.png", "roc_test.png", "pr_test.png", "predictions_test.png")
+# MLflow's log_batch accepts at most 1,000 metrics per call.
+MLFLOW_BATCH_LIMIT = 1000
+
+
+class EvaluateError(RuntimeError):
+    """The evaluate stage cannot run: missing or inconsistent training outputs."""
+
+
+def _read_json(path: Path, produced_by: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise EvaluateError(f"{path}: not found; run the train stage first: {produced_by}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise EvaluateError(f"{path}: not valid JSON: {err}") from None
+
+
+def _read_summary(run_name: str) -> dict[str, Any]:
+    path = paths.models_dir(run_name) / SUMMARY_FILE
+    summary = _read_json(path, f"dvc repro train@{run_name}")
+    missing = [key for key in ("seeds", "best_seed", "parent_run_id") if key not in summary]
+    if missing:
+        raise EvaluateError(f"{path}: missing keys {missing}")
+    if not summary["seeds"]:
+        raise EvaluateError(f"{path}: 'seeds' is empty; nothing to evaluate")
+    for entry in summary["seeds"]:
+        absent = [key for key in ("seed", "child_run_id", "model") if key not in entry]
+        if absent:
+            raise EvaluateError(f"{path}: a 'seeds' entry lacks {absent}: {entry}")
+    seeds = [entry["seed"] for entry in summary["seeds"]]
+    if summary["best_seed"] not in seeds:
+        raise EvaluateError(f"{path}: best_seed {summary['best_seed']} is not one of {seeds}")
+    return summary
+
+
+def _check_preprocessing(run_name: str, seed: int, data: PreparedData) -> None:
+    """The model was trained on data of these classes and channels, in this order."""
+    path = paths.models_dir(run_name) / f"seed-{seed}" / "preprocessing.json"
+    preprocessing = _read_json(path, f"dvc repro train@{run_name}")
+    for key, expected in (("classes", data.classes), ("channels", data.channels)):
+        if preprocessing.get(key) != expected:
+            raise EvaluateError(
+                f"{path}: {key} = {preprocessing.get(key)!r} but {data.directory} has "
+                f"{expected!r}; the model was trained on other data: dvc repro train@{run_name}"
+            )
+
+
+def _check_runs_exist(client: MlflowClient, summary: dict[str, Any], uri: str) -> None:
+    """Fail before any work when a run of summary.json is not in the tracking store."""
+    run_ids = [summary["parent_run_id"]] + [entry["child_run_id"] for entry in summary["seeds"]]
+    for run_id in run_ids:
+        try:
+            client.get_run(run_id)
+        except MlflowException as err:
+            raise EvaluateError(
+                f"MLflow run {run_id} of summary.json is not in the tracking store {uri} "
+                f"(summary.json was written with {summary.get('tracking_uri')!r}): {err.message}"
+            ) from None
+
+
+def _json_ready(obj: Any) -> Any:
+    """NaN -> None (JSON null) throughout, numpy scalars -> Python."""
+    if isinstance(obj, dict):
+        return {key: _json_ready(value) for key, value in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_ready(value) for value in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    return obj
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    # allow_nan=False: a NaN that escaped _json_ready would be invalid JSON for DVC.
+    path.write_text(json.dumps(_json_ready(obj), indent=2, allow_nan=False) + "\n")
+
+
+def _example_rows(n_test: int, run: RunConfig) -> np.ndarray:
+    """Test rows shown in the prediction grid: the same for every seed, so grids compare."""
+    count = min(run.prediction_examples, n_test)
+    rng = np.random.default_rng(run.seed)
+    return np.sort(rng.choice(n_test, size=count, replace=False))
+
+
+def _evaluate_seed(
+    run_name: str,
+    run: RunConfig,
+    entry: dict[str, Any],
+    data: PreparedData,
+    out_dir: Path,
+) -> dict[str, Any]:
+    """Predict val and test with one seed's model; write its metrics.json and figures.
+
+    Returns {"metrics": {split: classification_metrics}, "test_proba": (N, K)}.
+    """
+    seed = entry["seed"]
+    model_path = paths.models_dir(run_name) / entry["model"]
+    model = load_model(model_path)
+    metrics: dict[str, dict[str, Any]] = {}
+    probabilities: dict[str, np.ndarray] = {}
+    for split in EVALUATED_SPLITS:
+        arrays = data.split(split)
+        probabilities[split] = predict_proba(model, arrays.x)
+        metrics[split] = classification_metrics(
+            np.asarray(arrays.y), probabilities[split], data.classes
+        )
+
+    out_dir.mkdir(parents=True)
+    _write_json(out_dir / "metrics.json", {"seed": seed, **metrics})
+    test = data.split("test")
+    y_test = np.asarray(test.y)
+    _write_test_figures(
+        out_dir, metrics["test"], y_test, probabilities["test"], data, run, f"seed {seed}"
+    )
+    return {"metrics": metrics, "test_proba": probabilities["test"]}
+
+
+def _write_test_figures(
+    out_dir: Path,
+    test_metrics: dict[str, Any],
+    y_test: np.ndarray,
+    proba: np.ndarray,
+    data: PreparedData,
+    run: RunConfig,
+    label: str,
+) -> None:
+    classes = data.classes
+    figures.save_confusion_matrix(
+        np.array(test_metrics["confusion_matrix"]),
+        classes,
+        out_dir / "confusion_test.png",
+        title=f"test, {label}",
+    )
+    figures.save_roc_curves(
+        roc_points(y_test, proba, classes),
+        test_metrics,
+        out_dir / "roc_test.png",
+        title=f"ROC, test, {label}",
+    )
+    figures.save_pr_curves(
+        pr_points(y_test, proba, classes),
+        test_metrics,
+        out_dir / "pr_test.png",
+        title=f"Precision-recall, test, {label}",
+    )
+    rows = _example_rows(len(y_test), run)
+    if len(rows):
+        figures.save_prediction_grid(
+            np.asarray(data.split("test").x[rows]),
+            y_test[rows],
+            proba[rows],
+            classes,
+            out_dir / "predictions_test.png",
+        )
+
+
+def _read_history(run_name: str, seed: int) -> pd.DataFrame:
+    path = paths.models_dir(run_name) / f"seed-{seed}" / "history.csv"
+    if not path.is_file():
+        raise EvaluateError(
+            f"{path}: not found; run the train stage first: dvc repro train@{run_name}"
+        )
+    return pd.read_csv(path)
+
+
+def _write_plot_data(
+    out_dir: Path, y_test: np.ndarray, proba: np.ndarray, classes: list[str]
+) -> None:
+    """The DVC plot files of the best seed's test predictions."""
+    predicted = proba.argmax(axis=1)
+    pd.DataFrame(
+        {"actual": [classes[i] for i in y_test], "predicted": [classes[i] for i in predicted]}
+    ).to_csv(out_dir / "confusion_test.csv", index=False)
+    roc_points(y_test, proba, classes).to_csv(out_dir / "roc_test.csv", index=False)
+    pr_points(y_test, proba, classes).to_csv(out_dir / "pr_test.csv", index=False)
+
+
+def _log_metrics(client: MlflowClient, run_id: str, values: dict[str, float]) -> None:
+    """Log finite values; NaN (undefined) stays out of MLflow and is null in the JSON files."""
+    timestamp = int(time.time() * 1000)
+    metrics = [
+        Metric(key=key, value=float(value), timestamp=timestamp, step=0)
+        for key, value in values.items()
+        if not math.isnan(value)
+    ]
+    for start in range(0, len(metrics), MLFLOW_BATCH_LIMIT):
+        client.log_batch(run_id, metrics=metrics[start : start + MLFLOW_BATCH_LIMIT])
+
+
+def _replace_dir(staging: Path, final: Path) -> None:
+    """Put the complete `staging` folder in place of `final` (rename, no copy)."""
+    previous = final.with_name(final.name + ".old")
+    shutil.rmtree(previous, ignore_errors=True)
+    if final.exists():
+        final.replace(previous)
+    staging.replace(final)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def run_evaluate(params: Params, run_name: str) -> dict[str, Any]:
+    """Evaluate every seed of `params.runs[run_name]`; write reports/<run_name>/; log to MLflow.
+
+    Returns the content of metrics.json (NaN as None).
+    """
+    run = params.run(run_name)
+    dataset = params.dataset(run.dataset)
+    summary = _read_summary(run_name)
+    data = load_prepared(paths.prepared_dir(run.dataset))
+    if data.classes != dataset.classes:
+        raise EvaluateError(
+            f"{data.directory / 'meta.json'}: classes {data.classes} differ from "
+            f"params.yaml datasets.{run.dataset}.classes {dataset.classes}; "
+            f"re-run the augment stage: dvc repro augment@{run.dataset}"
+        )
+    for entry in summary["seeds"]:
+        _check_preprocessing(run_name, entry["seed"], data)
+    uri = tracking.tracking_uri()
+    tracking.ensure_reachable(uri)
+    client = MlflowClient(uri)
+    _check_runs_exist(client, summary, uri)
+
+    final = paths.reports_dir(run_name)
+    staging = final.with_name(final.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+
+    per_seed: dict[int, dict[str, Any]] = {}
+    for entry in summary["seeds"]:
+        seed = entry["seed"]
+        per_seed[seed] = _evaluate_seed(run_name, run, entry, data, staging / f"seed-{seed}")
+
+    best_seed = summary["best_seed"]
+    y_test = np.asarray(data.split("test").y)
+    best = per_seed[best_seed]
+    _write_plot_data(staging, y_test, best["test_proba"], data.classes)
+    # The best seed's figures were drawn with its evaluation; they are copied, not redrawn.
+    for name in TEST_FIGURES:
+        if (staging / f"seed-{best_seed}" / name).is_file():
+            shutil.copy2(staging / f"seed-{best_seed}" / name, staging / name)
+    histories = {seed: _read_history(run_name, seed) for seed in per_seed}
+    figures.save_training_curves(histories, staging / "training_curves.png")
+
+    statistics = {
+        split: aggregate([result["metrics"][split] for result in per_seed.values()])
+        for split in EVALUATED_SPLITS
+    }
+    report = {
+        **{
+            split: {
+                name: {stat: values[stat] for stat in STATISTICS}
+                for name, values in statistics[split].items()
+            }
+            for split in EVALUATED_SPLITS
+        },
+        "per_seed": {
+            f"seed-{seed}": {
+                split: scalar_metrics(result["metrics"][split]) for split in EVALUATED_SPLITS
+            }
+            for seed, result in per_seed.items()
+        },
+        "best_seed": best_seed,
+        "n_seeds": len(per_seed),
+        "std_ddof": STD_DDOF,
+    }
+    _write_json(staging / "metrics.json", report)
+
+    # MLflow last: a failure above leaves both the store and reports/ untouched.
+    for entry in summary["seeds"]:
+        seed, run_id = entry["seed"], entry["child_run_id"]
+        metrics = per_seed[seed]["metrics"]
+        _log_metrics(
+            client,
+            run_id,
+            {
+                f"{split}_{name}": value
+                for split in EVALUATED_SPLITS
+                for name, value in scalar_metrics(metrics[split]).items()
+            },
+        )
+        client.log_artifacts(run_id, str(staging / f"seed-{seed}"), ARTIFACT_DIR)
+    _log_metrics(
+        client,
+        summary["parent_run_id"],
+        {
+            f"{split}_{name}_{stat}": values[stat]
+            for split in EVALUATED_SPLITS
+            for name, values in statistics[split].items()
+            for stat in STATISTICS
+        },
+    )
+    for path in sorted(staging.iterdir()):
+        if path.is_file():
+            client.log_artifact(summary["parent_run_id"], str(path), ARTIFACT_DIR)
+
+    _replace_dir(staging, final)
+    return _json_ready(report)

@@ -1,0 +1,104 @@
+"""Random training augmentation as Keras layers, and where geometric augmentation runs.
+
+Keras's random layers are active only when the model is called with
+`training=True` (inside `fit`), so a saved model predicts deterministically.
+
+Conventions match `medimg.data.augmentation` (the numpy version used by the
+augment stage and by the training loader): rotation uniform in
+[-rotation_deg, +rotation_deg], zoom factor above 1 magnifies (1.2 = 120 %),
+pixels from outside the image are black (0), noise std on the 0-255 scale.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import keras
+
+from medimg.config import TrainAugmentConfig
+
+AugmentationSite = Literal["model", "loader"]
+
+# Pixels that come from outside the image: black, as in medimg.data.augmentation.
+FILL_MODE = "constant"
+FILL_VALUE = 0.0
+
+# Measured with benchmarks/train_throughput.py (xray_cnn, batch 8, 2-core CPU,
+# TensorFlow backend): see choose_augmentation_site.
+_AUTO_SITE: dict[str, AugmentationSite] = {
+    "tensorflow": "model",
+    "jax": "loader",
+    "torch": "loader",
+    "numpy": "loader",
+}
+
+
+def choose_augmentation_site(cfg: TrainAugmentConfig, backend: str) -> AugmentationSite:
+    """Where geometric augmentation (rotation, zoom) runs: inside the model or in the loader.
+
+    `cfg.where` = "model" or "loader" is returned as is; "auto" picks per Keras backend:
+
+    - tensorflow -> "model". Measured here (benchmarks/train_throughput.py, 2-core
+      CPU, xray_cnn, batch 8, rotation 5 deg, zoom 1.0-1.2, noise 20), img/s:
+          size   pipeline  in-model  loader(2 threads)
+          128    see docs/ and the benchmark output in the training report
+      The in-model layers run inside the compiled TF graph; the loader's Pillow
+      warps compete with the model for the same two cores.
+    - jax (and torch, numpy) -> "loader". On an H200 with JAX, RandomRotation +
+      RandomZoom inside the model made the thesis X-ray CNN at 224 px at least
+      12x slower (20 epochs: 29 s without them, unfinished after 360 s; see
+      /work/shared/docs/GPU.md), while the GPU leaves the CPU cores free for
+      the loader's Pillow warps (~5,300 img/s per core at 224 px).
+    """
+    if cfg.where != "auto":
+        return cfg.where
+    if backend not in _AUTO_SITE:
+        raise ValueError(f"unknown Keras backend {backend!r}; known: {sorted(_AUTO_SITE)}")
+    return _AUTO_SITE[backend]
+
+
+def zoom_factor_for_keras(zoom_range: tuple[float, float]) -> tuple[float, float]:
+    """Convert a magnification range (1.2 = 120 %, zoom in) to RandomZoom's height_factor.
+
+    RandomZoom samples z uniform in [1 + low, 1 + high] and reads the input at
+    z times the distance from the centre, so it magnifies by 1 / z: a negative
+    factor zooms in. Magnification m therefore needs z = 1 / m, factor = 1/m - 1;
+    the range flips because a larger m gives a smaller factor.
+    (z is uniform, so m = 1/z is not exactly uniform in zoom_range; the
+    difference is small for the narrow ranges used here.)
+    """
+    low, high = zoom_range
+    if not 0 < low <= high:
+        raise ValueError(f"zoom_range must be (low, high) with 0 < low <= high, got {zoom_range}")
+    return (1.0 / high - 1.0, 1.0 / low - 1.0)
+
+
+def training_augmentation(
+    x: keras.KerasTensor, cfg: TrainAugmentConfig, geometric: bool
+) -> keras.KerasTensor:
+    """Apply the random augmentation of `cfg` to `x` (rescaled to 0-1), active in training only.
+
+    Args:
+        x: (batch, H, W, C) float pixels in 0-1.
+        cfg: the run's augmentation settings.
+        geometric: add RandomRotation and RandomZoom (False when the loader does them).
+    """
+    if geometric and cfg.rotation_deg > 0:
+        x = keras.layers.RandomRotation(
+            factor=cfg.rotation_deg / 360.0,  # Keras takes a fraction of a full turn
+            fill_mode=FILL_MODE,
+            fill_value=FILL_VALUE,
+            name="random_rotation",
+        )(x)
+    if geometric and cfg.zoom_range != (1.0, 1.0):
+        x = keras.layers.RandomZoom(
+            height_factor=zoom_factor_for_keras(cfg.zoom_range),
+            width_factor=None,  # None: same zoom on both axes, aspect ratio kept
+            fill_mode=FILL_MODE,
+            fill_value=FILL_VALUE,
+            name="random_zoom",
+        )(x)
+    if cfg.noise_std > 0:
+        # Element-wise and cheap on every backend, so noise always stays in the model.
+        x = keras.layers.GaussianNoise(cfg.noise_std / 255.0, name="gaussian_noise")(x)
+    return x

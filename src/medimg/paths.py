@@ -1,0 +1,52 @@
+"""Where each stage reads and writes, relative to the repository root.
+
+DVC runs every stage from the repository root, so the root is the current
+directory unless MEDIMG_ROOT says otherwise (tests point it at a copy).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def root() -> Path:
+    return Path(os.environ.get("MEDIMG_ROOT", ".")).resolve()
+
+
+def raw_dir(dataset: str) -> Path:
+    """fetch output: images/<source_split>/<label>/<file> + manifest.csv + fetch_report.json."""
+    return root() / "data" / "raw" / dataset
+
+
+def splits_dir(dataset: str) -> Path:
+    """split output: train.csv, val.csv, test.csv, split_report.json."""
+    return root() / "data" / "splits" / dataset
+
+
+def prepared_dir(dataset: str) -> Path:
+    """augment output: <split>_x.npy, <split>_y.npy, <split>.csv, meta.json, examples.png."""
+    return root() / "data" / "prepared" / dataset
+
+
+def models_dir(run: str) -> Path:
+    """train output: seed-<k>/model.keras, seed-<k>/preprocessing.json, summary.json."""
+    return root() / "models" / run
+
+
+def work_dir(run: str) -> Path:
+    """In-progress training state (BackupAndRestore, partial checkpoints).
+
+    Kept outside `models/<run>` because DVC deletes a stage's outputs before it
+    re-runs the stage, which would throw away the state a resume needs.
+    """
+    return root() / ".medimg-work" / run
+
+
+def reports_dir(run: str) -> Path:
+    """evaluate output: metrics.json, plot data (.csv/.json) and figures (.png)."""
+    return root() / "reports" / run
+
+
+def mlruns_dir() -> Path:
+    return root() / "mlruns"

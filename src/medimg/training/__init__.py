@@ -1,0 +1,1 @@
+"""Training: input pipeline, per-seed fit, train stage."""

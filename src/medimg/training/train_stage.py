@@ -1,0 +1,299 @@
+"""The train stage: every seed of one configuration, tracked in MLflow, written to models/<run>/.
+
+One parent MLflow run per configuration, one nested child run per seed. Training
+state (checkpoints, run ids, finished seeds) lives in paths.work_dir(run), which
+DVC does not delete, so an interrupted stage resumes: finished seeds are not
+trained again and an interrupted seed continues its own child run.
+models/<run>/ is built beside its final place and moved in only when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import keras
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+
+from medimg import paths, tracking
+from medimg.config import Params, RunConfig
+from medimg.training.data import PreparedData, load_prepared
+from medimg.training.fit import fit_one_seed
+
+log = logging.getLogger(__name__)
+
+# meta.json keys read here beyond those load_prepared checks.
+REQUIRED_META_KEYS = ("source_fingerprint", "aspect")
+VAL_METRICS = ("val_auc", "val_accuracy", "val_loss")
+INPUT_EXAMPLE_IMAGES = 3
+PREPROCESSING_INPUT = "uint8 0-255 pixels, shape (batch, H, W, C); the model rescales"
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    partial = path.with_name(path.name + ".tmp")
+    partial.write_text(json.dumps(obj, indent=2) + "\n")
+    partial.replace(path)
+
+
+def _best_values(history: dict[str, list[float]], best_epoch: int) -> dict[str, float]:
+    """best_val_* of the best epoch (1-based), e.g. {"best_val_auc": 0.93, ...}."""
+    missing = [key for key in VAL_METRICS if key not in history]
+    if missing:
+        raise KeyError(f"training history lacks {missing}; it has {sorted(history)}")
+    return {f"best_{key}": float(history[key][best_epoch - 1]) for key in VAL_METRICS}
+
+
+def _history_frame(history: dict[str, list[float]]) -> pd.DataFrame:
+    """One row per epoch: epoch (1-based) then every Keras log key."""
+    frame = pd.DataFrame(history)
+    frame.insert(0, "epoch", range(1, len(frame) + 1))
+    return frame
+
+
+def _train_seed(
+    run: RunConfig,
+    run_name: str,
+    data: PreparedData,
+    seed: int,
+    experiment_id: str,
+    tags: dict[str, str],
+) -> dict[str, Any]:
+    """Train one seed inside its child run; return its result (also saved in the work folder).
+
+    A seed whose result file exists finished earlier and is not trained again.
+    The run id and result sit beside, not inside, fit_one_seed's seed-<seed>/
+    folder, which it empties when a training starts afresh.
+    """
+    work = paths.work_dir(run_name)
+    result_file = work / f"seed-{seed}.result.json"
+    if result_file.is_file():
+        log.info("%s seed %d: finished earlier, reusing %s", run_name, seed, result_file)
+        return json.loads(result_file.read_text())
+
+    child_tags = {**tags, "medimg.role": "child", "medimg.seed": str(seed)}
+    with tracking.resumable_run(
+        work / f"seed-{seed}.mlflow_run_id",
+        experiment_id,
+        f"{run_name}/seed-{seed}",
+        child_tags,
+        nested=True,
+    ) as child:
+        effective = {
+            **run.model_dump(mode="json"),
+            "seed": seed,
+            "image_size": run.image_size or data.image_size,
+            "input_shape": list(data.input_shape),
+            "num_classes": data.num_classes,
+            "n_train": len(data.split("train")),
+            "n_val": len(data.split("val")),
+        }
+        mlflow.log_params(tracking.flatten_params(effective))
+        logger = tracking.MlflowEpochLogger(child.info.run_id, mlflow.get_tracking_uri())
+        fit = fit_one_seed(run, data, work, seed, callbacks=[logger])
+
+        best = _best_values(fit.history, fit.best_epoch)
+        mlflow.log_metrics(
+            {
+                **best,
+                "best_epoch": fit.best_epoch,
+                "train_seconds": fit.train_seconds,
+                "images_per_second": fit.images_per_second,
+            }
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            history_csv = Path(tmp) / "history.csv"
+            _history_frame(fit.history).to_csv(history_csv, index=False)
+            mlflow.log_artifact(str(history_csv))
+        model = keras.saving.load_model(fit.model_path)
+        examples = np.asarray(data.split("val").x[:INPUT_EXAMPLE_IMAGES])
+        model_id = tracking.log_keras_model(model, examples)
+
+    result = {
+        "seed": seed,
+        "child_run_id": child.info.run_id,
+        "model": f"seed-{seed}/model.keras",
+        "best_epoch": fit.best_epoch,
+        **best,
+        "epochs_run": fit.epochs_run,
+        "train_seconds": fit.train_seconds,
+        "images_per_second": fit.images_per_second,
+        "resumed_from_epoch": fit.resumed_from_epoch,
+        # Not part of summary.json: what the outputs are made from, and MLflow's model id.
+        "checkpoint": str(fit.model_path),
+        "history": fit.history,
+        "logged_model_id": model_id,
+    }
+    _write_json(result_file, result)
+    return result
+
+
+def _prepare_work_dir(work: Path, config: dict[str, Any]) -> None:
+    """Keep the training state in `work` only if it was made by this very configuration.
+
+    Resuming seeds trained with other hyperparameters or data would mix two
+    experiments in one run, so a changed configuration starts afresh.
+    """
+    config_file = work / "config.json"
+    if config_file.is_file() and json.loads(config_file.read_text()) != config:
+        log.warning("%s holds state of another configuration; starting afresh", work)
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    if not config_file.is_file():
+        _write_json(config_file, config)
+
+
+def _aggregate(results: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean, sample std, min and max over seeds of each best_val_* metric.
+
+    The std needs two seeds; with one it is left out rather than logged as 0.
+    """
+    stats = {}
+    for key in (f"best_{metric}" for metric in VAL_METRICS):
+        values = np.array([r[key] for r in results], dtype=float)
+        stats[f"{key}_mean"] = float(values.mean())
+        stats[f"{key}_min"] = float(values.min())
+        stats[f"{key}_max"] = float(values.max())
+        if len(values) > 1:
+            stats[f"{key}_std"] = float(values.std(ddof=1))
+    return stats
+
+
+def _best_result(results: list[dict[str, Any]], monitor: str) -> dict[str, Any]:
+    """The seed that is best on the run's monitor (validation only; lowest loss, else highest)."""
+    key = f"best_{monitor}"
+    pick = min if monitor == "val_loss" else max
+    return pick(results, key=lambda r: r[key])
+
+
+def _register(params: Params, run: RunConfig, run_name: str, best: dict[str, Any]) -> dict:
+    """Register the best seed's model once; a resumed stage reuses the earlier registration."""
+    done = paths.work_dir(run_name) / "registered.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    registered = tracking.register_best(
+        MlflowClient(mlflow.get_tracking_uri()),
+        model_id=best["logged_model_id"],
+        run_id=best["child_run_id"],
+        name=tracking.registered_model_name(params.tracking.registered_model_prefix, run.dataset),
+        run_name=run_name,
+        seed=best["seed"],
+        best_val_auc=best["best_val_auc"],
+        champion_alias=params.tracking.champion_alias,
+    )
+    _write_json(done, registered)
+    return registered
+
+
+def _write_outputs(
+    run_name: str, results: list[dict[str, Any]], preprocessing: dict, summary: dict
+) -> Path:
+    """Build models/<run>.tmp/ completely, then put it in place of models/<run>/."""
+    final = paths.models_dir(run_name)
+    staging = final.with_name(final.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    for result in results:
+        seed_dir = staging / f"seed-{result['seed']}"
+        seed_dir.mkdir(parents=True)
+        shutil.copy2(result["checkpoint"], seed_dir / "model.keras")
+        _history_frame(result["history"]).to_csv(seed_dir / "history.csv", index=False)
+        _write_json(seed_dir / "preprocessing.json", preprocessing)
+    _write_json(staging / "summary.json", summary)
+
+    previous = final.with_name(final.name + ".old")
+    shutil.rmtree(previous, ignore_errors=True)
+    if final.exists():
+        final.replace(previous)
+    staging.replace(final)
+    shutil.rmtree(previous, ignore_errors=True)
+    return final
+
+
+SUMMARY_SEED_KEYS = (
+    "seed",
+    "child_run_id",
+    "model",
+    "best_epoch",
+    "best_val_auc",
+    "best_val_accuracy",
+    "best_val_loss",
+    "epochs_run",
+    "train_seconds",
+    "images_per_second",
+    "resumed_from_epoch",
+)
+
+
+def run_train(params: Params, run_name: str) -> dict[str, Any]:
+    """Train every seed of `params.runs[run_name]`; write models/<run_name>/; return the summary.
+
+    Checks the configuration, the prepared data and the tracking store before
+    any work, so a failure leaves models/ and MLflow untouched.
+    """
+    run = params.run(run_name)
+    dataset = params.dataset(run.dataset)
+    data = load_prepared(paths.prepared_dir(run.dataset))
+    missing = [key for key in REQUIRED_META_KEYS if key not in data.meta]
+    if missing:
+        raise KeyError(
+            f"{data.directory / 'meta.json'} lacks {missing}; "
+            f"re-run the augment stage: dvc repro augment@{run.dataset}"
+        )
+    uri = tracking.tracking_uri()
+    tracking.ensure_reachable(uri)
+
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    name = tracking.experiment_name(params.tracking.experiment_prefix, run.dataset)
+    experiment_id = tracking.get_or_create_experiment(client, name)
+    tags = tracking.run_tags(run_name, data.meta["source_fingerprint"], dataset.split.protocol)
+    parent_params = {
+        "run": run.model_dump(mode="json"),
+        "prepare": dataset.prepare.model_dump(mode="json"),
+        "split": dataset.split.model_dump(mode="json"),
+    }
+    work = paths.work_dir(run_name)
+    _prepare_work_dir(work, {**parent_params, "data": data.meta})
+    with tracking.resumable_run(
+        work / "parent.mlflow_run_id", experiment_id, run_name, {**tags, "medimg.role": "parent"}
+    ) as parent:
+        mlflow.log_params(tracking.flatten_params(parent_params))
+        results = [
+            _train_seed(run, run_name, data, seed, experiment_id, tags) for seed in run.seeds()
+        ]
+        mlflow.log_metrics(_aggregate(results))
+        best = _best_result(results, run.monitor)
+        registered = (
+            _register(params, run, run_name, best) if params.tracking.register_models else None
+        )
+
+    summary = {
+        "run": run_name,
+        "dataset": run.dataset,
+        "model": run.model,
+        "experiment_id": experiment_id,
+        "experiment_name": name,
+        "parent_run_id": parent.info.run_id,
+        "tracking_uri": uri,
+        "seeds": [{key: r[key] for key in SUMMARY_SEED_KEYS} for r in results],
+        "best_seed": best["seed"],
+        "registered": registered,
+    }
+    preprocessing = {
+        "classes": data.classes,
+        # The model's input is the prepared size; it resizes to run.image_size itself.
+        "image_size": data.image_size,
+        "channels": data.channels,
+        "aspect": data.meta["aspect"],
+        "input": PREPROCESSING_INPUT,
+    }
+    _write_outputs(run_name, results, preprocessing, summary)
+    # Only now: until the outputs are in place, a failed stage can resume from this state.
+    shutil.rmtree(work)
+    return summary

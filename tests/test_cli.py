@@ -1,0 +1,56 @@
+"""The `medimg` command: a subcommand per stage, clear errors without tracebacks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from medimg.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+SUBCOMMANDS = ("fetch", "split", "augment", "train", "evaluate", "predict", "params")
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_every_subcommand_has_help(command: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([command, "--help"])
+    assert exited.value.code == 0
+    assert f"usage: medimg {command}" in capsys.readouterr().out
+
+
+def test_unknown_dataset_is_a_clear_error(capsys: pytest.CaptureFixture) -> None:
+    code = main(["--params", str(REPO / "params.yaml"), "fetch", "--dataset", "retina"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "unknown dataset 'retina'" in err and "chest_xray" in err
+
+
+def test_invalid_params_file_fails_before_any_work(tmp_path: Path) -> None:
+    bad = tmp_path / "params.yaml"
+    text = (REPO / "params.yaml").read_text().replace("batch_size: 8", "batch_size: 0", 1)
+    bad.write_text(text)
+    result = subprocess.run(
+        [sys.executable, "-m", "medimg.cli", "--params", str(bad), "split", "--dataset", "x"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert "runs.xray_cnn.batch_size = 0" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "data").exists()
+
+
+def test_stage_scripts_call_the_cli() -> None:
+    for stage in ("fetch", "split", "augment", "train", "evaluate"):
+        result = subprocess.run(
+            [sys.executable, str(REPO / "stages" / f"{stage}.py"), "--help"],
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 0, result.stderr
+        assert f"usage: medimg {stage}" in result.stdout

@@ -1,0 +1,101 @@
+"""params.yaml validation: bad values fail before any work, naming the key."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from medimg.config import ParamsError, apply_overrides, load_params, parse_params
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def raw() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def test_repository_params_are_valid_in_every_profile(raw: dict) -> None:
+    for profile in ["sample", *raw["profiles"]]:
+        params = parse_params({**raw, "profile": profile})
+        assert params.profile == profile
+        assert set(params.runs) == set(raw["runs"])
+
+
+def test_full_profile_overrides_sources_and_sizes(raw: dict) -> None:
+    sample = parse_params(raw)
+    full = parse_params({**raw, "profile": "full-local"})
+    assert sample.datasets["chest_xray"].fetch.source == "data/sample/chest_xray"
+    assert full.datasets["chest_xray"].fetch.source.endswith("chest_xray_224.zip")
+    assert full.datasets["chest_xray"].prepare.image_size == 600
+    assert full.runs["xray_cnn"].repeats == 5
+    # keys the profile does not name keep their base value
+    assert full.datasets["brain_tumor_mri"].split == sample.datasets["brain_tumor_mri"].split
+    assert full.datasets["chest_xray"].split.seed == sample.datasets["chest_xray"].split.seed
+
+
+@pytest.mark.parametrize(
+    ("dotted", "value", "expected_in_message"),
+    [
+        ("runs.xray_cnn.model", "resnet9000", "runs.xray_cnn.model = 'resnet9000'"),
+        ("runs.xray_cnn.epochs", -1, "runs.xray_cnn.epochs = -1"),
+        ("runs.xray_cnn.batch_size", 0, "runs.xray_cnn.batch_size = 0"),
+        ("runs.xray_cnn.dataset", "retina", "runs.xray_cnn.dataset = 'retina'"),
+        ("datasets.chest_xray.channels", 2, "datasets.chest_xray.channels = 2"),
+        ("datasets.chest_xray.split.protocol", "random", "datasets.chest_xray.split.protocol"),
+        ("datasets.chest_xray.prepare.offline_augment.zoom_range", [1.2, 1.0], "zoom_range"),
+    ],
+)
+def test_invalid_values_name_key_value_and_allowed(
+    raw: dict, dotted: str, value: object, expected_in_message: str
+) -> None:
+    bad = apply_overrides(raw, {dotted: value}, "test")
+    with pytest.raises(ParamsError) as err:
+        parse_params(bad)
+    assert expected_in_message in str(err.value)
+
+
+def test_unknown_model_lists_the_allowed_models(raw: dict) -> None:
+    bad = apply_overrides(raw, {"runs.mri_cnn.model": "vgg"}, "test")
+    with pytest.raises(ParamsError, match=r"allowed: \['mri_cnn', 'xray_cnn'"):
+        parse_params(bad)
+
+
+def test_unknown_key_is_an_error_not_ignored(raw: dict) -> None:
+    bad = copy.deepcopy(raw)
+    bad["runs"]["xray_cnn"]["epocs"] = 3
+    with pytest.raises(ParamsError, match=r"runs\.xray_cnn\.epocs"):
+        parse_params(bad)
+
+
+def test_missing_dataset_section(raw: dict) -> None:
+    bad = copy.deepcopy(raw)
+    del bad["datasets"]
+    with pytest.raises(ParamsError, match="datasets"):
+        parse_params(bad)
+
+
+def test_unknown_profile_and_bad_override_key(raw: dict) -> None:
+    with pytest.raises(ParamsError, match="profile = 'huge' is not defined"):
+        parse_params({**raw, "profile": "huge"})
+    bad = copy.deepcopy(raw)
+    bad["profiles"]["full"]["runs.xray_cnn.epoch"] = 3
+    with pytest.raises(ParamsError, match=r"'runs\.xray_cnn\.epoch' does not exist"):
+        parse_params({**bad, "profile": "full"})
+
+
+def test_seeds_of_repeats(raw: dict) -> None:
+    run = parse_params(apply_overrides(raw, {"runs.xray_cnn.seed": 10}, "t")).runs["xray_cnn"]
+    assert run.seeds() == [10 + k for k in range(run.repeats)]
+
+
+def test_load_params_errors_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "params.yaml")
+    broken = tmp_path / "params.yaml"
+    broken.write_text("profile: [unclosed\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(broken)

@@ -1,0 +1,141 @@
+"""Tests for medimg.data.duplicates: phash distances, near-duplicate pairs, leak groups."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from medimg.data import duplicates
+from medimg.data.duplicates import (
+    leak_groups,
+    near_duplicate_pairs,
+    phash_distances,
+    phash_to_uint64,
+)
+
+UINT64 = st.integers(min_value=0, max_value=2**64 - 1)
+
+
+def as_hex(value: int) -> str:
+    return f"{value:016x}"
+
+
+def brute_force_pairs(hashes: list[int], max_distance: int) -> list[tuple[int, int]]:
+    return [
+        (i, j)
+        for i in range(len(hashes))
+        for j in range(i + 1, len(hashes))
+        if bin(hashes[i] ^ hashes[j]).count("1") <= max_distance
+    ]
+
+
+@st.composite
+def clustered_hashes(draw: st.DrawFn) -> list[int]:
+    """Random 64-bit hashes, some derived from others by flipping a few bits.
+
+    Independent random hashes are about 32 bits apart, so without the derived ones
+    nearly every test would find no pair at all.
+    """
+    hashes = draw(st.lists(UINT64, min_size=0, max_size=40))
+    for _ in range(draw(st.integers(0, 20)) if hashes else 0):
+        base = draw(st.sampled_from(hashes))
+        bits = draw(st.lists(st.integers(0, 63), max_size=8))
+        for bit in bits:
+            base ^= 1 << bit
+        hashes.append(base)
+    return hashes
+
+
+@settings(max_examples=60, deadline=None)
+@given(hashes=clustered_hashes(), max_distance=st.integers(0, 64))
+def test_near_duplicate_pairs_match_brute_force(hashes: list[int], max_distance: int) -> None:
+    pairs = near_duplicate_pairs([as_hex(h) for h in hashes], max_distance)
+    assert pairs.shape == (len(pairs), 2)
+    assert [tuple(p) for p in pairs.tolist()] == brute_force_pairs(hashes, max_distance)
+
+
+@settings(max_examples=30, deadline=None)
+@given(hashes=clustered_hashes(), max_distance=st.integers(0, 12))
+def test_near_duplicate_pairs_across_many_blocks(hashes: list[int], max_distance: int) -> None:
+    # A tiny block forces every block-boundary case that 6,000 real images would hit.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(duplicates, "_BLOCK_ELEMENTS", 7)
+        pairs = near_duplicate_pairs([as_hex(h) for h in hashes], max_distance)
+    assert [tuple(p) for p in pairs.tolist()] == brute_force_pairs(hashes, max_distance)
+
+
+def test_phash_distances_against_python_popcount() -> None:
+    rng = np.random.default_rng(0)
+    a = [int(x) for x in rng.integers(0, 2**63, size=5, dtype=np.int64)]
+    b = [int(x) for x in rng.integers(0, 2**63, size=7, dtype=np.int64)] + [2**64 - 1]
+    distances = phash_distances([as_hex(x) for x in a], [as_hex(x) for x in b])
+    assert distances.shape == (5, 8)
+    expected = [[bin(x ^ y).count("1") for y in b] for x in a]
+    assert distances.tolist() == expected
+
+
+def test_phash_parsing_keeps_imagehash_bit_order() -> None:
+    # imagehash prints the first hash bit as the most significant hex digit.
+    assert phash_to_uint64(["8000000000000001", "00000000000000ff"]).tolist() == [
+        2**63 + 1,
+        255,
+    ]
+
+
+@pytest.mark.parametrize("bad", ["abc", "zzzzzzzzzzzzzzzz", "0123456789abcdef0", None])
+def test_invalid_phash_names_position_and_value(bad: object) -> None:
+    with pytest.raises(ValueError, match=r"position 1 .*16 hex"):
+        phash_to_uint64(["0123456789abcdef", bad])  # type: ignore[list-item]
+
+
+def manifest(rows: list[tuple[str, str, str]]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "path": [f"img{i}.png" for i in range(len(rows))],
+            "group_id": [r[0] for r in rows],
+            "sha256": [r[1] for r in rows],
+            "phash": [r[2] for r in rows],
+        }
+    )
+
+
+FAR = ["0000000000000000", "ffffffffffffffff", "00000000ffffffff", "ffffffff00000000"]
+
+
+def test_leak_groups_join_patients_identical_files_and_near_duplicates() -> None:
+    rows = [
+        ("p1", "s1", FAR[0]),  # 0 same patient as 1
+        ("p1", "s2", FAR[1]),  # 1
+        ("p2", "s3", FAR[2]),  # 2 byte-identical to 3
+        ("p3", "s3", FAR[2]),  # 3
+        ("p4", "s5", "0f0f0f0f0f0f0f0f"),  # 4 three bits from 5
+        ("p5", "s6", "0f0f0f0f0f0f0f08"),  # 5
+        ("p6", "s7", FAR[3]),  # 6 alone
+    ]
+    assert leak_groups(manifest(rows), max_distance=3).tolist() == [0, 0, 1, 1, 2, 2, 3]
+    assert leak_groups(manifest(rows), max_distance=2).tolist() == [0, 0, 1, 1, 2, 3, 4]
+
+
+def test_leak_groups_are_transitive_and_numbered_by_first_row() -> None:
+    rows = [
+        ("solo", "a", FAR[3]),  # 0 alone: first component
+        ("p1", "b", FAR[0]),  # 1 patient p1 ...
+        ("p9", "c", FAR[1]),  # 2 alone
+        ("p1", "d", FAR[2]),  # 3 ... p1 again, and byte-identical to 4
+        ("p2", "d", "0000000000000001"),  # 4 ... whose phash is 1 bit from row 1
+    ]
+    assert leak_groups(manifest(rows), max_distance=0).tolist() == [0, 1, 2, 1, 1]
+
+
+def test_leak_groups_reject_empty_group_id() -> None:
+    rows = manifest([("p1", "a", FAR[0]), ("", "b", FAR[1])])
+    with pytest.raises(ValueError, match=r"group_id.*img1.png"):
+        leak_groups(rows, max_distance=4)
+
+
+def test_leak_groups_name_missing_columns() -> None:
+    with pytest.raises(ValueError, match=r"\['sha256'\]"):
+        leak_groups(manifest([("p", "a", FAR[0])]).drop(columns="sha256"), max_distance=4)

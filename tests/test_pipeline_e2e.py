@@ -1,0 +1,164 @@
+"""End to end: `dvc repro` of the whole pipeline on the embedded sample.
+
+Runs in a temporary copy of the repository (tracked and untracked-but-not-
+ignored files), so nothing here touches the working tree or its MLflow store.
+Takes a few minutes on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.e2e
+
+
+def _copy_repository(dest: Path) -> None:
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    ).stdout.decode()
+    for rel in filter(None, listed.split("\0")):
+        src = REPO / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+
+
+def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{output[-6000:]}"
+    return output
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    repo = tmp_path_factory.mktemp("repo")
+    _copy_repository(repo)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "MEDIMG_"))}
+    # dvc's stage commands call `python`: make it this interpreter, with medimg installed.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    dvc = [sys.executable, "-m", "dvc"]
+    first = _run([*dvc, "repro"], repo, env)
+    second = _run([*dvc, "repro"], repo, env)
+    return {"repo": repo, "env": env, "dvc": dvc, "first": first, "second": second}
+
+
+def test_fetch_counts_match_params(pipeline: dict) -> None:
+    repo = pipeline["repo"]
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for name, ds in params["datasets"].items():
+        manifest = pd.read_csv(repo / "data" / "raw" / name / "manifest.csv")
+        counts = manifest.groupby(["source_split", "label"]).size()
+        for split, per_class in ds["fetch"]["expected_counts"].items():
+            for cls, n in per_class.items():
+                assert counts[(split, cls)] == n, (name, split, cls)
+        assert (repo / "data" / "raw" / name / manifest["path"].iloc[0]).is_file()
+
+
+def test_default_splits_do_not_leak(pipeline: dict) -> None:
+    for name in ("chest_xray", "brain_tumor_mri"):
+        report = json.loads(
+            (pipeline["repo"] / "data" / "splits" / name / "split_report.json").read_text()
+        )
+        assert report["leaky"] is False
+        assert all(v == 0 for v in report["duplicate_overlap"].values())
+        if report["patient_overlap"] is not None:
+            assert all(v == 0 for v in report["patient_overlap"].values())
+        splits = {
+            s: pd.read_csv(pipeline["repo"] / "data" / "splits" / name / f"{s}.csv")
+            for s in ("train", "val", "test")
+        }
+        assert all(len(df) > 0 for df in splits.values())
+        groups = {s: set(df["leak_group"]) for s, df in splits.items()}
+        assert not groups["train"] & groups["test"]
+        assert not groups["train"] & groups["val"]
+
+
+def test_prepared_arrays(pipeline: dict) -> None:
+    repo = pipeline["repo"]
+    for name, channels in (("chest_xray", 1), ("brain_tumor_mri", 3)):
+        meta = json.loads((repo / "data" / "prepared" / name / "meta.json").read_text())
+        for split in ("train", "val", "test"):
+            x = np.load(repo / "data" / "prepared" / name / f"{split}_x.npy", mmap_mode="r")
+            y = np.load(repo / "data" / "prepared" / name / f"{split}_y.npy")
+            size = meta["image_size"]
+            assert x.dtype == np.uint8 and x.shape[1:] == (size, size, channels)
+            assert len(x) == len(y) == sum(meta["counts"][split].values())
+        assert (repo / "data" / "prepared" / name / "examples.png").stat().st_size > 0
+
+
+def test_training_and_evaluation_outputs(pipeline: dict) -> None:
+    repo = pipeline["repo"]
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for run, cfg in params["runs"].items():
+        summary = json.loads((repo / "models" / run / "summary.json").read_text())
+        assert [s["seed"] for s in summary["seeds"]] == [
+            cfg["seed"] + k for k in range(cfg["repeats"])
+        ]
+        for seed in summary["seeds"]:
+            assert (repo / "models" / run / seed["model"]).is_file()
+        metrics = json.loads((repo / "reports" / run / "metrics.json").read_text())
+        for split in ("val", "test"):
+            acc = metrics[split]["accuracy"]
+            assert 0.0 <= acc["min"] <= acc["mean"] <= acc["max"] <= 1.0
+        for name in ("confusion_test.csv", "roc_test.csv", "pr_test.csv", "predictions_test.png"):
+            assert (repo / "reports" / run / name).stat().st_size > 0
+
+
+def test_mlflow_store_holds_parents_children_and_champion(pipeline: dict) -> None:
+    from mlflow import MlflowClient
+
+    repo = pipeline["repo"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for dataset in params["datasets"]:
+        experiment = client.get_experiment_by_name(f"medimg-{dataset}")
+        assert experiment is not None
+        runs = client.search_runs([experiment.experiment_id], max_results=200)
+        parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+        children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+        configs = [k for k, v in params["runs"].items() if v["dataset"] == dataset]
+        assert len(parents) == len(configs)
+        assert len(children) == sum(params["runs"][k]["repeats"] for k in configs)
+        for parent in parents:
+            assert "test_accuracy_mean" in parent.data.metrics
+        champion = client.get_model_version_by_alias(f"medimg-{dataset}", "champion")
+        assert champion.run_id in {c.info.run_id for c in children}
+
+
+def test_second_repro_reruns_nothing(pipeline: dict) -> None:
+    assert "Running stage" not in pipeline["second"]
+    status = _run([*pipeline["dvc"], "status"], pipeline["repo"], pipeline["env"])
+    assert "up to date" in status
+
+
+def test_dvc_metrics_show(pipeline: dict) -> None:
+    shown = _run([*pipeline["dvc"], "metrics", "show"], pipeline["repo"], pipeline["env"])
+    assert "reports/xray_cnn/metrics.json" in shown
+
+
+def test_predict_a_new_image(pipeline: dict) -> None:
+    repo = pipeline["repo"]
+    image = next((repo / "data" / "sample" / "chest_xray").rglob("*.jpeg"))
+    model = "models/xray_cnn/seed-0"
+    out = _run(
+        [sys.executable, "-m", "medimg.cli", "predict", "--model", model, str(image)],
+        repo,
+        pipeline["env"],
+    )
+    assert "probability" in out

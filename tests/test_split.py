@@ -1,0 +1,328 @@
+"""Tests for medimg.data.split: protocols, leak checks, report, determinism, errors."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from medimg.config import DatasetConfig, SplitConfig
+from medimg.data.split import (
+    MANIFEST_COLUMNS,
+    SplitError,
+    add_leak_groups,
+    assign_splits,
+    split_dataset,
+)
+
+XRAY_CLASSES = ["NORMAL", "PNEUMONIA"]
+MAX_DISTANCE = 4
+
+
+def dataset_config(protocol: str, layout: str = "chest_xray", **split: object) -> DatasetConfig:
+    classes = XRAY_CLASSES if layout == "chest_xray" else ["a", "b", "c"]
+    return DatasetConfig(
+        layout=layout,
+        classes=classes,
+        channels=1,
+        fetch={"source": "unused.zip"},
+        split={"protocol": protocol, "near_duplicate_max_distance": MAX_DISTANCE, **split},
+        prepare={"image_size": 32},
+    )
+
+
+def random_hash(rng: np.random.Generator) -> int:
+    return int(rng.integers(0, 2**63, dtype=np.int64)) * 2 + int(rng.integers(0, 2))
+
+
+def make_manifest(
+    seed: int,
+    groups_per_class: int = 14,
+    classes: list[str] = XRAY_CLASSES,
+    source_test_share: float = 0.3,
+    n_copies: int = 4,
+    n_near: int = 4,
+) -> pd.DataFrame:
+    """A synthetic manifest: patients with 1-3 images, byte copies and near-duplicates.
+
+    Copies and near-duplicates link images of the same class (as real duplicates are), in
+    different patients and possibly in different source splits, so that the leak groups
+    are larger than the patients.
+    """
+    rng = np.random.default_rng(seed)
+    rows = []
+    for label, patient in itertools.product(classes, range(groups_per_class)):
+        source = "test" if rng.random() < source_test_share else "train"
+        for image in range(int(rng.integers(1, 4))):
+            rows.append(
+                {
+                    "path": f"images/{source}/{label}/{label}-p{patient}-{image}.png",
+                    "label": label,
+                    "source_split": source,
+                    "group_id": f"{label}-p{patient}",
+                    "sha256": f"{rng.integers(0, 2**62):064x}",
+                    "width": "64",
+                    "height": "64",
+                    "mode": "L",
+                    "phash": f"{random_hash(rng):016x}",
+                }
+            )
+    frame = pd.DataFrame(rows)
+    for kind, count in (("copy", n_copies), ("near", n_near)):
+        for k in range(count):
+            original = frame.iloc[int(rng.integers(0, len(frame)))].to_dict()
+            source = str(rng.choice(["train", "test"]))
+            duplicate = dict(original, source_split=source, group_id=f"{kind}{k}")
+            duplicate["path"] = f"images/{source}/{original['label']}/{kind}{k}.png"
+            if kind == "near":  # a re-encoded copy: other bytes, phash a few bits away
+                duplicate["sha256"] = f"{rng.integers(0, 2**62):064x}"
+                flipped = int(original["phash"], 16) ^ (0b101 << int(rng.integers(0, 60)))
+                duplicate["phash"] = f"{flipped:016x}"
+            frame = pd.concat([frame, pd.DataFrame([duplicate])], ignore_index=True)
+    return frame.sort_values("path").reset_index(drop=True)[list(MANIFEST_COLUMNS)]
+
+
+def hamming(a: str, b: str) -> int:
+    return bin(int(a, 16) ^ int(b, 16)).count("1")
+
+
+def assert_no_leak(frame: pd.DataFrame, assignment: pd.Series) -> None:
+    """Checked from the raw columns, independently of leak_groups."""
+    for a, b in itertools.combinations(["train", "val", "test"], 2):
+        side_a, side_b = frame[assignment == a], frame[assignment == b]
+        assert not set(side_a["group_id"]) & set(side_b["group_id"]), (a, b)
+        assert not set(side_a["sha256"]) & set(side_b["sha256"]), (a, b)
+        closest = min((hamming(x, y) for x in side_a["phash"] for y in side_b["phash"]), default=64)
+        assert closest > MAX_DISTANCE, (a, b, closest)
+
+
+def write_manifest(tmp_path: Path, frame: pd.DataFrame) -> Path:
+    raw = tmp_path / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(raw / "manifest.csv", index=False)
+    return raw
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    manifest_seed=st.integers(0, 10_000),
+    split_seed=st.integers(0, 10_000),
+    protocol=st.sampled_from(["official", "pooled"]),
+)
+def test_grouped_protocols_never_leak_and_ignore_row_order(
+    manifest_seed: int, split_seed: int, protocol: str
+) -> None:
+    cfg = dataset_config(protocol, val_fraction=0.25, test_fraction=0.25, seed=split_seed).split
+    frame = add_leak_groups(make_manifest(manifest_seed), MAX_DISTANCE)
+    assignment = assign_splits(frame, cfg, "chest_xray")
+
+    assert set(assignment) <= {"train", "val", "test", "excluded"}
+    assert (assignment == "val").any() and (assignment == "train").any()
+    assert_no_leak(frame, assignment)
+
+    shuffled = frame.sample(frac=1.0, random_state=manifest_seed)
+    again = assign_splits(shuffled, cfg, "chest_xray")
+    by_path = dict(zip(frame["path"], assignment, strict=True))
+    assert dict(zip(shuffled["path"], again, strict=True)) == by_path
+
+
+@settings(max_examples=10, deadline=None)
+@given(manifest_seed=st.integers(0, 10_000))
+def test_official_keeps_source_test_set_intact(manifest_seed: int) -> None:
+    frame = add_leak_groups(make_manifest(manifest_seed), MAX_DISTANCE)
+    assignment = assign_splits(frame, dataset_config("official", val_fraction=0.25).split, "mri")
+    is_source_test = frame["source_split"] == "test"
+    assert (assignment[is_source_test] == "test").all()
+    assert (assignment[~is_source_test] != "test").all()
+
+
+def test_official_excludes_and_lists_train_images_leaking_into_test(tmp_path: Path) -> None:
+    frame = make_manifest(seed=3, n_copies=0, n_near=0)
+    test_patient = frame[frame["source_split"] == "test"].iloc[0]
+    test_image = frame[frame["source_split"] == "test"].iloc[1]
+    same_patient = dict(test_patient, source_split="train", path="images/train/x/same-patient.png")
+    same_patient.update(sha256="1" * 64, phash="0123456789abcdef")
+    same_bytes = dict(test_image, source_split="train", path="images/train/x/same-bytes.png")
+    same_bytes["group_id"] = "another-patient"
+    frame = pd.concat([frame, pd.DataFrame([same_patient, same_bytes])]).sort_values("path")
+    dest = tmp_path / "splits"
+
+    report = split_dataset(
+        "chest",
+        dataset_config("official", val_fraction=0.25),
+        write_manifest(tmp_path, frame),
+        dest,
+    )
+
+    excluded = {e["path"]: e["reason"] for e in report["excluded"]}
+    assert set(excluded) == {"images/train/x/same-patient.png", "images/train/x/same-bytes.png"}
+    assert test_patient["group_id"] in excluded["images/train/x/same-patient.png"]
+    assert "byte-identical" in excluded["images/train/x/same-bytes.png"]
+    written = pd.concat(pd.read_csv(dest / f"{s}.csv", dtype=str) for s in ("train", "val", "test"))
+    assert not set(excluded) & set(written["path"])
+    assert len(written) == len(frame) - 2
+    assert report["totals"]["test"] == int((frame["source_split"] == "test").sum())
+    assert any("left out" in note for note in report["notes"])
+
+
+def thesis_xray_manifest() -> pd.DataFrame:
+    """5,216 source-train images (1,341 NORMAL, 3,875 PNEUMONIA; 1-4 per patient) + 624 test."""
+    rng = np.random.default_rng(7)
+    rows = []
+    for source, counts in (("train", (1341, 3875)), ("test", (234, 390))):
+        for label, count in zip(XRAY_CLASSES, counts, strict=True):
+            patient, left = 0, count
+            while left:
+                images = min(left, int(rng.integers(1, 5)))
+                for k in range(images):
+                    name = f"{source}-{label}-patient{patient}"
+                    rows.append((f"images/{source}/{label}/{name}-{k}.jpeg", label, source, name))
+                patient, left = patient + 1, left - images
+    frame = pd.DataFrame(rows, columns=["path", "label", "source_split", "group_id"])
+    frame["sha256"] = [f"{i:064x}" for i in range(len(frame))]
+    frame["width"], frame["height"], frame["mode"] = "224", "224", "RGB"
+    frame["phash"] = [f"{random_hash(rng):016x}" for _ in range(len(frame))]
+    return frame.sort_values("path")[list(MANIFEST_COLUMNS)]
+
+
+def test_thesis_xray_splits_80_20_and_uses_official_test_as_val(tmp_path: Path) -> None:
+    frame = thesis_xray_manifest()
+    dest = tmp_path / "splits"
+
+    report = split_dataset("chest", dataset_config("thesis"), write_manifest(tmp_path, frame), dest)
+
+    # sklearn's train_test_split rounds the test share up: ceil(0.2 * 5216) = 1044.
+    assert report["totals"] == {"train": 5216 - 1044, "val": 624, "test": math.ceil(0.2 * 5216)}
+    val = pd.read_csv(dest / "val.csv", dtype=str)
+    assert set(val["path"]) == set(frame.loc[frame["source_split"] == "test", "path"])
+    # stratified: the test split keeps the pool's PNEUMONIA share (3875/5216) within 1 image
+    assert abs(report["counts"]["test"]["PNEUMONIA"] - 1044 * 3875 / 5216) <= 1
+    assert report["leaky"] is True
+    assert report["patient_overlap"]["train|test"] > 0
+    assert report["duplicate_overlap"]["train|test"] > 0
+
+
+def test_thesis_mri_reports_duplicate_overlap_and_null_patient_overlap(tmp_path: Path) -> None:
+    frame = make_manifest(seed=1, classes=["a", "b", "c"], n_copies=30, n_near=0)
+    report = split_dataset(
+        "mri", dataset_config("thesis", "mri"), write_manifest(tmp_path, frame), tmp_path / "out"
+    )
+    assert report["leaky"] is True
+    assert report["patient_overlap"] is None
+    assert any("no patient ids" in note for note in report["notes"])
+    assert sum(report["duplicate_overlap"].values()) > 0
+    assert sum(report["totals"].values()) == len(frame)
+
+
+def test_split_dataset_is_byte_identical_and_sorted(tmp_path: Path) -> None:
+    frame = make_manifest(seed=11)
+    raw = write_manifest(tmp_path, frame.sample(frac=1.0, random_state=0))
+    cfg = dataset_config("pooled", val_fraction=0.25, test_fraction=0.25)
+    first = split_dataset("chest", cfg, raw, tmp_path / "a")
+    second = split_dataset("chest", cfg, raw, tmp_path / "b")
+    assert first == second
+    for name in ("train.csv", "val.csv", "test.csv", "split_report.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    for split in ("train", "val", "test"):
+        written = pd.read_csv(tmp_path / "a" / f"{split}.csv", dtype=str, keep_default_na=False)
+        assert list(written.columns) == [*MANIFEST_COLUMNS, "leak_group"]
+        assert written["path"].tolist() == sorted(written["path"])
+        # values round-trip unchanged (a phash of digits only must not become a number)
+        original = frame.set_index("path").loc[written["path"], "phash"]
+        assert written["phash"].tolist() == original.tolist()
+    report = json.loads((tmp_path / "a" / "split_report.json").read_text())
+    assert report["leaky"] is False
+    assert set(report["patient_overlap"].values()) == {0}
+
+
+def test_rerun_replaces_previous_output(tmp_path: Path) -> None:
+    raw = write_manifest(tmp_path, make_manifest(seed=2))
+    dest = tmp_path / "splits"
+    split_dataset("chest", dataset_config("pooled", val_fraction=0.25, seed=1), raw, dest)
+    (dest / "stale.txt").write_text("left from an older run")
+    report = split_dataset("chest", dataset_config("pooled", val_fraction=0.25, seed=2), raw, dest)
+    assert sorted(p.name for p in dest.iterdir()) == [
+        "split_report.json",
+        "test.csv",
+        "train.csv",
+        "val.csv",
+    ]
+    assert json.loads((dest / "split_report.json").read_text())["seed"] == report["seed"] == 2
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_missing_manifest_names_the_fetch_stage(tmp_path: Path) -> None:
+    with pytest.raises(SplitError, match=r"dvc repro fetch@chest"):
+        split_dataset("chest", dataset_config("official"), tmp_path / "nothing", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_columns_are_named(tmp_path: Path) -> None:
+    raw = write_manifest(tmp_path, make_manifest(seed=0).drop(columns=["phash", "sha256"]))
+    with pytest.raises(SplitError, match=r"missing column\(s\) \['sha256', 'phash'\]"):
+        split_dataset("chest", dataset_config("official"), raw, tmp_path / "out")
+
+
+def test_class_with_too_few_groups_fails_and_writes_nothing(tmp_path: Path) -> None:
+    frame = make_manifest(seed=0, groups_per_class=20, source_test_share=0.0)
+    # Keep 3 NORMAL patients: too few for test_fraction 0.25 (4 folds).
+    normal_patients = sorted(set(frame.loc[frame["label"] == "NORMAL", "group_id"]))
+    frame = frame[(frame["label"] != "NORMAL") | frame["group_id"].isin(normal_patients[:3])]
+    dest = tmp_path / "out"
+    with pytest.raises(SplitError, match=r"'NORMAL'.*need at least 4"):
+        split_dataset(
+            "chest",
+            dataset_config("pooled", test_fraction=0.25),
+            write_manifest(tmp_path, frame),
+            dest,
+        )
+    assert not dest.exists()
+
+
+def test_official_without_source_test_fails(tmp_path: Path) -> None:
+    raw = write_manifest(
+        tmp_path, make_manifest(seed=0, source_test_share=0.0, n_copies=0, n_near=0)
+    )
+    with pytest.raises(SplitError, match=r"official.*use protocol 'pooled'"):
+        split_dataset("chest", dataset_config("official"), raw, tmp_path / "out")
+
+
+def test_unknown_label_is_named(tmp_path: Path) -> None:
+    frame = make_manifest(seed=0)
+    frame.loc[0, "label"] = "BACTERIA"
+    with pytest.raises(SplitError, match=r"\['BACTERIA'\].*classes"):
+        split_dataset(
+            "chest", dataset_config("official"), write_manifest(tmp_path, frame), tmp_path / "out"
+        )
+
+
+def test_thesis_xray_without_source_test_fails(tmp_path: Path) -> None:
+    frame = make_manifest(seed=0, source_test_share=0.0, n_copies=0, n_near=0)
+    raw = write_manifest(tmp_path, frame)
+    with pytest.raises(SplitError, match=r"source test split as val"):
+        split_dataset("chest", dataset_config("thesis"), raw, tmp_path / "out")
+
+
+def test_empty_split_is_refused(tmp_path: Path) -> None:
+    # Every source-train patient also has a test image, so official leaves no train/val.
+    frame = make_manifest(seed=0, source_test_share=0.0, n_copies=0, n_near=0)
+    in_test = frame.assign(
+        source_split="test", path=frame["path"].str.replace("images/train/", "images/test/")
+    )
+    in_test["sha256"] = [f"{i:064x}" for i in range(len(in_test))]
+    raw = write_manifest(tmp_path, pd.concat([frame, in_test]).sort_values("path"))
+    with pytest.raises(SplitError, match=r"no images left"):
+        split_dataset("chest", dataset_config("official"), raw, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_assign_splits_needs_leak_groups() -> None:
+    with pytest.raises(SplitError, match="add_leak_groups"):
+        assign_splits(make_manifest(seed=0), SplitConfig(protocol="pooled"), "mri")

@@ -1,0 +1,246 @@
+"""MLflow tracking helpers against a real sqlite store and a real loopback HTTP server."""
+
+from __future__ import annotations
+
+import http.server
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from medimg import tracking
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowClient]:
+    """A sqlite MLflow store, made the tracking URI; shared because creating one takes seconds."""
+    root = tmp_path_factory.mktemp("store")
+    uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.setenv("MEDIMG_ROOT", str(root))
+        mlflow.set_tracking_uri(uri)
+        yield MlflowClient(uri)
+    while mlflow.active_run():
+        mlflow.end_run()
+
+
+@pytest.fixture
+def experiment_id(store: MlflowClient, request: pytest.FixtureRequest) -> str:
+    """A fresh experiment per test, named after it."""
+    return tracking.get_or_create_experiment(store, request.node.name)
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class _Health(http.server.BaseHTTPRequestHandler):
+    status = 200
+
+    def do_GET(self) -> None:
+        self.send_response(self.status if self.path == "/health" else 404)
+        self.end_headers()
+        self.wfile.write(b"OK")
+
+    def log_message(self, *args: object) -> None:  # keep pytest output clean
+        pass
+
+
+@pytest.fixture
+def health_server() -> Iterator[tuple[str, type[_Health]]]:
+    handler = type("Handler", (_Health,), {"status": 200})
+    server = http.server.HTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", handler
+    server.shutdown()
+    server.server_close()
+
+
+def test_flatten_params_dots_keys_and_writes_non_strings_as_json() -> None:
+    flat = tracking.flatten_params(
+        {"epochs": 3, "augmentation": {"zoom_range": (1.0, 1.2), "where": "auto"}, "x": None},
+        prefix="run.",
+    )
+    assert flat == {
+        "run.epochs": "3",
+        "run.augmentation.zoom_range": "[1.0, 1.2]",
+        "run.augmentation.where": "auto",
+        "run.x": "null",
+    }
+
+
+def test_flatten_params_cuts_values_to_the_portable_limit() -> None:
+    flat = tracking.flatten_params({"long": "a" * 1000, "short": "b" * 500, "empty": {}})
+    assert len(flat["long"]) == 500
+    assert flat["long"].endswith("...")
+    assert flat["short"] == "b" * 500
+    assert flat["empty"] == "{}"
+
+
+def test_unreachable_server_fails_fast_naming_the_uri() -> None:
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    with pytest.raises(tracking.TrackingError, match=uri):
+        tracking.ensure_reachable(uri, timeout_s=2)
+
+
+def test_server_health_decides_reachability(health_server: tuple[str, type[_Health]]) -> None:
+    uri, handler = health_server
+    tracking.ensure_reachable(uri)
+    handler.status = 503
+    with pytest.raises(tracking.TrackingError, match=uri):
+        tracking.ensure_reachable(uri)
+
+
+def test_sqlite_store_whose_folder_cannot_be_made_fails(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    uri = f"sqlite:///{blocker / 'mlruns' / 'mlflow.db'}"
+    with pytest.raises(tracking.TrackingError, match="cannot create"):
+        tracking.ensure_reachable(uri)
+    good = tmp_path / "new" / "mlruns" / "mlflow.db"
+    tracking.ensure_reachable(f"sqlite:///{good}")
+    assert good.parent.is_dir()
+
+
+def test_default_store_is_sqlite_under_root_with_artifacts_beside_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MEDIMG_ROOT", str(tmp_path))
+    assert tracking.tracking_uri() == f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    expected = (tmp_path / "mlruns" / "artifacts").as_uri() + "/medimg-chest_xray"
+    assert tracking.artifact_location("medimg-chest_xray") == expected
+    assert tracking.artifact_location("x", "http://mlflow.example.org") is None
+
+
+def test_experiment_is_created_once_with_its_artifact_location(store: MlflowClient) -> None:
+    name = tracking.experiment_name("medimg", "chest_xray")
+    assert name == "medimg-chest_xray"
+    first = tracking.get_or_create_experiment(store, name)
+    assert tracking.get_or_create_experiment(store, name) == first
+    location = store.get_experiment(first).artifact_location
+    store_folder = Path(store.tracking_uri.removeprefix("sqlite:///")).parent
+    assert location == (store_folder / "artifacts").as_uri() + "/medimg-chest_xray"
+    store.delete_experiment(first)
+    with pytest.raises(tracking.TrackingError, match="deleted"):
+        tracking.get_or_create_experiment(store, name)
+
+
+def test_epoch_logger_logs_every_epoch_and_continues_steps_on_resume(
+    store: MlflowClient, experiment_id: str
+) -> None:
+    run_id = store.create_run(experiment_id).info.run_id
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")])
+    model.compile(optimizer="sgd", loss="binary_crossentropy", metrics=["accuracy"])
+    x = np.random.default_rng(0).normal(size=(8, 4)).astype("float32")
+    y = (x[:, 0] > 0).astype("float32")
+    logger = tracking.MlflowEpochLogger(run_id)
+    model.fit(x, y, validation_data=(x, y), epochs=2, verbose=0, callbacks=[logger])
+    # a resumed fit starts at the epoch where the interrupted one stopped
+    model.fit(x, y, epochs=3, initial_epoch=2, verbose=0, callbacks=[logger])
+
+    assert [m.step for m in store.get_metric_history(run_id, "loss")] == [1, 2, 3]
+    assert [m.step for m in store.get_metric_history(run_id, "val_accuracy")] == [1, 2]
+
+
+def test_resumable_run_continues_the_run_named_in_its_id_file(
+    store: MlflowClient, experiment_id: str, tmp_path: Path
+) -> None:
+    id_file = tmp_path / "work" / "seed-0.mlflow_run_id"
+    with (
+        pytest.raises(RuntimeError, match="killed"),
+        tracking.resumable_run(id_file, experiment_id, "r/seed-0", {"medimg.seed": "0"}) as run,
+    ):
+        mlflow.log_metric("loss", 1.0, step=1)
+        raise RuntimeError("killed")
+    assert store.get_run(run.info.run_id).info.status == "FAILED"
+    with tracking.resumable_run(id_file, experiment_id, "r/seed-0", {"medimg.seed": "0"}) as again:
+        mlflow.log_metric("loss", 0.5, step=2)
+    assert again.info.run_id == run.info.run_id == id_file.read_text()
+    assert store.get_run(run.info.run_id).info.status == "FINISHED"
+    assert [m.step for m in store.get_metric_history(run.info.run_id, "loss")] == [1, 2]
+    assert len(store.search_runs([experiment_id])) == 1
+
+
+def test_run_tags_name_the_commit_and_whether_the_tree_is_dirty(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MEDIMG_ROOT", str(tmp_path))
+    tags = tracking.run_tags("xray_cnn", "f" * 64, "official", seed=3)
+    assert tags["medimg.git_commit"] == "unknown"  # tmp_path is no repository
+    assert tags["medimg.seed"] == "3"
+    assert tags["medimg.dataset_fingerprint"] == "f" * 64
+    assert tags["medimg.keras_backend"] == keras.backend.backend()
+    assert tags["medimg.versions.keras"] == keras.__version__
+    assert tags["medimg.device"]
+
+    def git(*args: str) -> str:
+        command = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+        return subprocess.run([*command, *args], check=True, capture_output=True, text=True).stdout
+
+    git("init", "-q")
+    (tmp_path / "a.txt").write_text("a")
+    git("add", "a.txt")
+    git("commit", "-qm", "first")
+    clean = tracking.run_tags("xray_cnn", "f" * 64, "official")
+    assert clean["medimg.git_commit"] == git("rev-parse", "HEAD").strip()
+    assert clean["medimg.git_dirty"] == "false"
+    (tmp_path / "a.txt").write_text("changed")
+    assert tracking.run_tags("xray_cnn", "f" * 64, "official")["medimg.git_dirty"] == "true"
+
+
+def test_alias_names_are_sanitised_and_reserved_ones_refused() -> None:
+    assert tracking.alias_name("xray cnn/aug-best") == "xray-cnn-aug-best"
+    for reserved in ("latest", "v3"):
+        with pytest.raises(ValueError, match="alias"):
+            tracking.alias_name(reserved)
+
+
+def _logged_model(experiment_id: str, run_name: str) -> tuple[str, str]:
+    """(logged model id, run id) of a tiny Keras model logged in a fresh run."""
+    layers = [keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Dense(1)]
+    model = keras.Sequential(layers)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
+        model_id = tracking.log_keras_model(model, np.zeros((2, 4, 4, 1), dtype=np.uint8))
+    return model_id, run.info.run_id
+
+
+def test_logged_model_has_signature_and_input_example(experiment_id: str) -> None:
+    model_id, _ = _logged_model(experiment_id, "a")
+    model_info = mlflow.models.get_model_info(f"models:/{model_id}")
+    assert model_info.signature.inputs.to_dict()[0]["tensor-spec"]["dtype"] == "uint8"
+    files = {f.path for f in mlflow.artifacts.list_artifacts(f"models:/{model_id}")}
+    assert {"MLmodel", "input_example.npy", "data"} <= files
+    reloaded = mlflow.keras.load_model(f"models:/{model_id}")
+    assert reloaded.input_shape == (None, 4, 4, 1)
+
+
+def test_champion_alias_follows_the_best_validation_auc(
+    store: MlflowClient, experiment_id: str
+) -> None:
+    name = tracking.registered_model_name("medimg", "chest_xray")
+    versions = {}
+    for run_name, auc in [("cnn", 0.80), ("cnn_aug", 0.90), ("cnn_wide", 0.85)]:
+        model_id, run_id = _logged_model(experiment_id, run_name)
+        versions[run_name] = tracking.register_best(
+            store, model_id, run_id, name, run_name, seed=1, best_val_auc=auc
+        )
+
+    assert versions["cnn"]["aliases"] == ["champion", "cnn-best"]
+    assert versions["cnn_wide"]["aliases"] == ["cnn_wide-best"]
+    champion = store.get_model_version_by_alias(name, "champion")
+    assert int(champion.version) == versions["cnn_aug"]["version"]
+    assert champion.tags["medimg.run"] == "cnn_aug"
+    assert champion.tags["medimg.seed"] == "1"
+    assert int(store.get_model_version_by_alias(name, "cnn_wide-best").version) == 3
