@@ -23,8 +23,7 @@ AugmentationSite = Literal["model", "loader"]
 FILL_MODE = "constant"
 FILL_VALUE = 0.0
 
-# Measured with benchmarks/train_throughput.py (xray_cnn, batch 8, 2-core CPU,
-# TensorFlow backend): see choose_augmentation_site.
+# Chosen from measurements: see choose_augmentation_site.
 _AUTO_SITE: dict[str, AugmentationSite] = {
     "tensorflow": "model",
     "jax": "loader",
@@ -38,17 +37,23 @@ def choose_augmentation_site(cfg: TrainAugmentConfig, backend: str) -> Augmentat
 
     `cfg.where` = "model" or "loader" is returned as is; "auto" picks per Keras backend:
 
-    - tensorflow -> "model". Measured here (benchmarks/train_throughput.py, 2-core
-      CPU, xray_cnn, batch 8, rotation 5 deg, zoom 1.0-1.2, noise 20), img/s:
-          size   pipeline  in-model  loader(2 threads)
-          128    see docs/ and the benchmark output in the training report
-      The in-model layers run inside the compiled TF graph; the loader's Pillow
-      warps compete with the model for the same two cores.
-    - jax (and torch, numpy) -> "loader". On an H200 with JAX, RandomRotation +
-      RandomZoom inside the model made the thesis X-ray CNN at 224 px at least
-      12x slower (20 epochs: 29 s without them, unfinished after 360 s; see
-      /work/shared/docs/GPU.md), while the GPU leaves the CPU cores free for
-      the loader's Pillow warps (~5,300 img/s per core at 224 px).
+    - tensorflow -> "model". Measured on this 2-core CPU (shared with other jobs;
+      TensorFlow 2.21, Keras 3.15.1, xray_cnn, batch 8, 128 random images per epoch,
+      median of 7 interleaved epochs; rotation 5 deg, zoom 1.0-1.2, noise std 20):
+          `python benchmarks/train_throughput.py --sizes 128 224 --epochs 7`
+          img/s    a bare fit  b pipeline  c in-model  d loader (2 threads)
+          128 px        297.5       292.6       241.5       217.0
+          224 px        105.3       114.5        95.8        97.1
+      In-model augmentation is as fast or faster than the loader here: the
+      layers run inside the compiled TF graph, while the loader's Pillow warps
+      compete with the model for the same two cores.
+    - jax -> "loader". On an H200 with JAX, RandomRotation + RandomZoom inside
+      the model made the thesis X-ray CNN at 224 px at least 12x slower (real
+      data, batch 8, 20 epochs: 29 s without them, unfinished after 360 s; the
+      project's GPU notes), while the GPU leaves the CPU cores free for the
+      loader's Pillow warps (~5,300 img/s per core at 224 px).
+    - torch, numpy -> "loader": not measured; the loader's cost does not depend
+      on the backend, the in-model layers' cost does.
     """
     if cfg.where != "auto":
         return cfg.where

@@ -16,7 +16,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import keras
 import mlflow
 import numpy as np
 import pandas as pd
@@ -26,6 +25,7 @@ from medimg import paths, tracking
 from medimg.config import Params, RunConfig
 from medimg.training.data import PreparedData, load_prepared
 from medimg.training.fit import fit_one_seed
+from medimg.training.predict import load_model
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,9 @@ def _train_seed(
             history_csv = Path(tmp) / "history.csv"
             _history_frame(fit.history).to_csv(history_csv, index=False)
             mlflow.log_artifact(str(history_csv))
-        model = keras.saving.load_model(fit.model_path)
+        # Without its compile state: the saved and logged model then loads with plain
+        # Keras, without medimg's custom training metric registered.
+        model = load_model(fit.model_path)
         examples = np.asarray(data.split("val").x[:INPUT_EXAMPLE_IMAGES])
         model_id = tracking.log_keras_model(model, examples)
 
@@ -201,7 +203,7 @@ def _write_outputs(
     for result in results:
         seed_dir = staging / f"seed-{result['seed']}"
         seed_dir.mkdir(parents=True)
-        shutil.copy2(result["checkpoint"], seed_dir / "model.keras")
+        load_model(Path(result["checkpoint"])).save(seed_dir / "model.keras")
         _history_frame(result["history"]).to_csv(seed_dir / "history.csv", index=False)
         _write_json(seed_dir / "preprocessing.json", preprocessing)
     _write_json(staging / "summary.json", summary)
