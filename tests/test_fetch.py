@@ -430,8 +430,9 @@ def test_leftovers_of_a_killed_fetch_are_cleaned_and_the_previous_copy_restored(
     # A fetch killed between its two renames: the good copy moved aside, nothing in place,
     # and a half-built staging folder.
     dest.rename(dest.parent / ".chest_xray.old-0123")
-    (dest.parent / ".chest_xray.fetching-4567" / "images").mkdir(parents=True)
+    (dest.parent / ".chest_xray.staging-4567" / "images").mkdir(parents=True)
     archive = write_zip(tmp_path / "bad.zip", _members_with_bad_files())
     with pytest.raises(FetchError, match="bad file"):
         fetch_dataset("chest_xray", xray_config(archive), dest, workers=2)
     assert_untouched(dest, before)
+    assert not list(dest.parent.glob(".chest_xray.*")), "leftovers of the killed fetch remain"

@@ -21,10 +21,8 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import sys
 import time
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,7 +33,7 @@ from urllib.request import url2pathname
 
 from tqdm import tqdm
 
-from medimg import paths
+from medimg import atomic, paths
 from medimg.config import DatasetConfig, FetchConfig
 from medimg.data.archive import ZipArchive
 from medimg.data.download import cached_download, sha256_file
@@ -60,8 +58,6 @@ MANIFEST_COLUMNS = (
 )
 SPLIT_ORDER = ("train", "val", "test")
 COPY_CHUNK_BYTES = 1 << 20
-_STAGING_INFIX = ".fetching-"
-_OLD_INFIX = ".old-"
 
 
 @dataclass
@@ -201,34 +197,6 @@ def _check_archive_sha256(archive: Path, fetch: FetchConfig) -> str:
     return actual
 
 
-def _remove_leftovers(dest: Path) -> None:
-    """Clean up after a fetch that was killed (its finally-blocks never ran).
-
-    A kill between the two renames of `_move_into_place` leaves the previous
-    copy under an `.old-` name and no destination: put it back.
-    """
-    olds = sorted(dest.parent.glob(f".{dest.name}{_OLD_INFIX}*"))
-    if olds and not dest.exists():
-        os.replace(olds.pop(), dest)
-    for leftover in [*olds, *dest.parent.glob(f".{dest.name}{_STAGING_INFIX}*")]:
-        shutil.rmtree(leftover)
-
-
-def _move_into_place(staging: Path, dest: Path) -> None:
-    """Rename `staging` to `dest`; a previous `dest` is moved aside first and removed last."""
-    if not dest.exists():
-        os.replace(staging, dest)
-        return
-    old = dest.parent / f".{dest.name}{_OLD_INFIX}{uuid.uuid4().hex}"
-    os.replace(dest, old)
-    try:
-        os.replace(staging, dest)
-    except BaseException:
-        os.replace(old, dest)
-        raise
-    shutil.rmtree(old)
-
-
 def _write_manifest(rows: list[dict[str, object]], path: Path) -> None:
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS)
@@ -345,12 +313,7 @@ def fetch_dataset(
         )
     archive_sha256 = _check_archive_sha256(Path(location), fetch) if kind != "folder" else None
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    _remove_leftovers(dest)
-    # Not tempfile.mkdtemp: its 0700 permissions would become the dataset folder's.
-    staging = dest.parent / f".{dest.name}{_STAGING_INFIX}{uuid.uuid4().hex}"
-    staging.mkdir()
-    try:
+    with atomic.building(dest) as staging:
         tree = ZipArchive(Path(location)) if kind != "folder" else _FolderTree(Path(location))
         with tree:
             rows, skipped, ignored = _build(name, cfg, tree, staging, workers)
@@ -386,8 +349,4 @@ def fetch_dataset(
         )
         _write_manifest(rows, staging / "manifest.csv")
         (staging / "fetch_report.json").write_text(report.to_json())
-        _move_into_place(staging, dest)
-    finally:
-        # Gone after a successful move; otherwise the half-built copy is discarded.
-        shutil.rmtree(staging, ignore_errors=True)
     return report

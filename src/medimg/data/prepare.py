@@ -19,9 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import multiprocessing
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -33,7 +30,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from medimg import paths
+from medimg import atomic, paths
 from medimg.config import DatasetConfig, OfflineAugmentConfig
 from medimg.data.augmentation import augment_image
 
@@ -281,21 +278,6 @@ def _source_fingerprint(raw: Path) -> str | None:
         raise PrepareError(f"{report}: not valid JSON ({err})") from err
 
 
-def _replace_dir(new: Path, dest: Path) -> None:
-    """Put `new` at `dest`, replacing any previous copy.
-
-    POSIX cannot rename a folder over a non-empty one, so the old copy is first moved
-    aside; each rename is atomic, and between them the old copy survives intact.
-    """
-    if dest.exists():
-        aside = Path(tempfile.mkdtemp(prefix=f"{dest.name}.old-", dir=dest.parent))
-        os.replace(dest, aside / dest.name)
-        os.replace(new, dest)
-        shutil.rmtree(aside)
-    else:
-        os.replace(new, dest)
-
-
 def prepare_dataset(
     name: str,
     cfg: DatasetConfig,
@@ -317,10 +299,7 @@ def prepare_dataset(
     tables = {split: _read_split_csv(name, split, splits, cfg.classes) for split in SPLITS}
     fingerprint = _source_fingerprint(raw)
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    build = Path(tempfile.mkdtemp(prefix=f"{dest.name}.tmp-", dir=dest.parent))
-    build.chmod(0o755)  # mkdtemp makes it private; the output is an ordinary shared folder
-    try:
+    with atomic.building(dest) as build:
         counts: dict[str, dict[str, int]] = {}
         written: dict[str, pd.DataFrame] = {}
         with _decoder_pool(cfg.prepare.workers) as pool:
@@ -349,8 +328,4 @@ def prepare_dataset(
             "seconds": round(time.perf_counter() - started, 3),
         }
         (build / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        _replace_dir(build, dest)
-    except BaseException:
-        shutil.rmtree(build, ignore_errors=True)
-        raise
     return meta

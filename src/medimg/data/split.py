@@ -24,15 +24,13 @@ from __future__ import annotations
 
 import itertools
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
-from medimg import paths
+from medimg import atomic, paths
 from medimg.config import DatasetConfig, SplitConfig
 from medimg.data.duplicates import leak_groups
 
@@ -342,21 +340,9 @@ def _check_report(report: dict[str, Any], classes: list[str]) -> None:
 
 def _write_atomically(dest: Path, files: dict[str, bytes]) -> None:
     """Write `files` into `dest` so that dest holds either all old or all new files."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    try:
+    with atomic.building(dest) as staging:
         for name, content in files.items():
             (staging / name).write_bytes(content)
-        if dest.exists():
-            old = staging.with_name(f"{staging.name}-old")
-            dest.rename(old)
-            staging.rename(dest)
-            shutil.rmtree(old)
-        else:
-            staging.rename(dest)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def split_dataset(

@@ -37,7 +37,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
-from medimg import paths, tracking
+from medimg import atomic, paths, tracking
 from medimg.config import Params, RunConfig
 from medimg.evaluation import figures
 from medimg.evaluation.metrics import (
@@ -246,16 +246,6 @@ def _log_metrics(client: MlflowClient, run_id: str, values: dict[str, float]) ->
         client.log_batch(run_id, metrics=metrics[start : start + MLFLOW_BATCH_LIMIT])
 
 
-def _replace_dir(staging: Path, final: Path) -> None:
-    """Put the complete `staging` folder in place of `final` (rename, no copy)."""
-    previous = final.with_name(final.name + ".old")
-    shutil.rmtree(previous, ignore_errors=True)
-    if final.exists():
-        final.replace(previous)
-    staging.replace(final)
-    shutil.rmtree(previous, ignore_errors=True)
-
-
 def run_evaluate(params: Params, run_name: str) -> dict[str, Any]:
     """Evaluate every seed of `params.runs[run_name]`; write reports/<run_name>/; log to MLflow.
 
@@ -278,11 +268,21 @@ def run_evaluate(params: Params, run_name: str) -> dict[str, Any]:
     client = MlflowClient(uri)
     _check_runs_exist(client, summary, uri)
 
-    final = paths.reports_dir(run_name)
-    staging = final.with_name(final.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    with atomic.building(paths.reports_dir(run_name)) as staging:
+        report = _evaluate_into(staging, client, params, run_name, summary, data)
+    return report
 
+
+def _evaluate_into(
+    staging: Path,
+    client: MlflowClient,
+    params: Params,
+    run_name: str,
+    summary: dict[str, Any],
+    data: PreparedData,
+) -> dict[str, Any]:
+    """Evaluate every seed into `staging` and log to MLflow; return metrics.json's content."""
+    run = params.run(run_name)
     per_seed: dict[int, dict[str, Any]] = {}
     for entry in summary["seeds"]:
         seed = entry["seed"]
@@ -351,5 +351,4 @@ def run_evaluate(params: Params, run_name: str) -> dict[str, Any]:
         if path.is_file():
             client.log_artifact(summary["parent_run_id"], str(path), ARTIFACT_DIR)
 
-    _replace_dir(staging, final)
     return _json_ready(report)

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 
-from medimg import paths, tracking
+from medimg import atomic, paths, tracking
 from medimg.config import Params, RunConfig
 from medimg.training.data import PreparedData, load_prepared
 from medimg.training.fit import fit_one_seed
@@ -196,24 +196,16 @@ def _register(params: Params, run: RunConfig, run_name: str, best: dict[str, Any
 def _write_outputs(
     run_name: str, results: list[dict[str, Any]], preprocessing: dict, summary: dict
 ) -> Path:
-    """Build models/<run>.tmp/ completely, then put it in place of models/<run>/."""
+    """Build models/<run>/ completely beside it, then swap it in."""
     final = paths.models_dir(run_name)
-    staging = final.with_name(final.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    for result in results:
-        seed_dir = staging / f"seed-{result['seed']}"
-        seed_dir.mkdir(parents=True)
-        load_model(Path(result["checkpoint"])).save(seed_dir / "model.keras")
-        _history_frame(result["history"]).to_csv(seed_dir / "history.csv", index=False)
-        _write_json(seed_dir / "preprocessing.json", preprocessing)
-    _write_json(staging / "summary.json", summary)
-
-    previous = final.with_name(final.name + ".old")
-    shutil.rmtree(previous, ignore_errors=True)
-    if final.exists():
-        final.replace(previous)
-    staging.replace(final)
-    shutil.rmtree(previous, ignore_errors=True)
+    with atomic.building(final) as staging:
+        for result in results:
+            seed_dir = staging / f"seed-{result['seed']}"
+            seed_dir.mkdir(parents=True)
+            load_model(Path(result["checkpoint"])).save(seed_dir / "model.keras")
+            _history_frame(result["history"]).to_csv(seed_dir / "history.csv", index=False)
+            _write_json(seed_dir / "preprocessing.json", preprocessing)
+        _write_json(staging / "summary.json", summary)
     return final
 
 
