@@ -230,8 +230,13 @@ def _write_plot_data(
     pd.DataFrame(
         {"actual": [classes[i] for i in y_test], "predicted": [classes[i] for i in predicted]}
     ).to_csv(out_dir / "confusion_test.csv", index=False)
-    roc_points(y_test, proba, classes).to_csv(out_dir / "roc_test.csv", index=False)
-    pr_points(y_test, proba, classes).to_csv(out_dir / "pr_test.csv", index=False)
+    for points, name in ((roc_points, "roc_test.csv"), (pr_points, "pr_test.csv")):
+        frame = points(y_test, proba, classes)
+        if "class" not in frame:
+            # One curve, of the positive class: the column lets one DVC template
+            # (.dvc/plots/curve_by_class.json) draw binary and multiclass curves.
+            frame["class"] = classes[1]
+        frame.to_csv(out_dir / name, index=False)
 
 
 def _log_metrics(client: MlflowClient, run_id: str, values: dict[str, float]) -> None:
