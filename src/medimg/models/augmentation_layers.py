@@ -37,21 +37,24 @@ def choose_augmentation_site(cfg: TrainAugmentConfig, backend: str) -> Augmentat
 
     `cfg.where` = "model" or "loader" is returned as is; "auto" picks per Keras backend:
 
-    - tensorflow -> "model". Measured on this 2-core CPU (shared with other jobs;
-      TensorFlow 2.21, Keras 3.15.1, xray_cnn, batch 8, 128 random images per epoch,
-      median of 7 interleaved epochs; rotation 5 deg, zoom 1.0-1.2, noise std 20):
+    - tensorflow -> "model". Measured on this 2-core CPU (TensorFlow 2.21,
+      Keras 3.15.1, xray_cnn, batch 8, 128 random images per epoch, median of 7
+      interleaved epochs; rotation 5 deg, zoom 1.0-1.2, noise std 20):
           `python benchmarks/train_throughput.py --sizes 128 224 --epochs 7`
           img/s    a bare fit  b pipeline  c in-model  d loader (2 threads)
-          128 px        297.5       292.6       241.5       217.0
-          224 px        105.3       114.5        95.8        97.1
-      In-model augmentation is as fast or faster than the loader here: the
+          128 px        302.1       265.6       236.9       219.1
+          224 px        110.6       104.5        99.4        96.2
+      In-model augmentation is as fast as or faster than the loader here: the
       layers run inside the compiled TF graph, while the loader's Pillow warps
       compete with the model for the same two cores.
-    - jax -> "loader". On an H200 with JAX, RandomRotation + RandomZoom inside
-      the model made the thesis X-ray CNN at 224 px at least 12x slower (real
-      data, batch 8, 20 epochs: 29 s without them, unfinished after 360 s; the
-      project's GPU notes), while the GPU leaves the CPU cores free for the
-      loader's Pillow warps (~5,300 img/s per core at 224 px).
+    - jax -> "loader". The same command with KERAS_BACKEND=jax (jax 0.10, CPU):
+          128 px         79.1        77.1        45.6        77.4
+          224 px         23.5        24.4        13.6        23.7
+      The in-model layers cost about 42 % of the speed, the loader about none.
+      On an H200 with JAX they made the thesis X-ray CNN at 224 px at least 12x
+      slower (real data, batch 8, 20 epochs: 29 s without them, unfinished after
+      360 s; the project's GPU notes), and a GPU leaves the CPU cores free for
+      the loader's Pillow warps.
     - torch, numpy -> "loader": not measured; the loader's cost does not depend
       on the backend, the in-model layers' cost does.
     """

@@ -25,6 +25,7 @@ from medimg.models.augmentation_layers import training_augmentation
 KERNEL_SIZE = 3
 POOL_SIZE = 2
 PADDING = "same"
+BN_MOMENTUM = 0.9
 
 XRAY_CONV_BLOCKS = 5
 XRAY_FEATURE_MAPS = 32
@@ -75,7 +76,10 @@ def conv_block(
         filters, KERNEL_SIZE, padding=PADDING, use_bias=not batch_norm, name=f"{name}_conv"
     )(x)
     if batch_norm:
-        x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+        # momentum 0.9 rather than Keras's 0.99: the moving statistics used at
+        # inference must settle within a few hundred steps (the embedded sample
+        # trains ~100); with 0.99 the sample's MRI model predicted one class.
+        x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
     x = keras.layers.Activation("relu", name=f"{name}_relu")(x)
     return keras.layers.MaxPooling2D(POOL_SIZE, padding=PADDING, name=f"{name}_pool")(x)
 
@@ -120,6 +124,7 @@ def build_mri_cnn(
     filters: Sequence[int] = MRI_FILTERS,
     dense_units: int = MRI_DENSE_UNITS,
     dropout: float = MRI_DROPOUT,
+    batch_norm: bool = True,
     augmentation: TrainAugmentConfig | None = None,
     augment_in_model: bool = True,
     image_size: int | None = None,
@@ -140,7 +145,7 @@ def build_mri_cnn(
     inputs = keras.Input(shape=tuple(input_shape), name="pixels")
     x = preprocessing_block(inputs, image_size, augmentation, augment_in_model)
     for block, n_filters in enumerate(filters, start=1):
-        x = conv_block(x, n_filters, name=f"block{block}", batch_norm=True)
+        x = conv_block(x, n_filters, name=f"block{block}", batch_norm=batch_norm)
     x = keras.layers.GlobalAveragePooling2D(name="global_pool")(x)
     x = keras.layers.Dropout(dropout, name="dropout1")(x)
     x = keras.layers.Dense(dense_units, activation="relu", name="dense1")(x)
