@@ -137,6 +137,12 @@ def test_mlflow_store_holds_parents_children_and_champion(pipeline: dict) -> Non
         assert len(children) == sum(params["runs"][k]["repeats"] for k in configs)
         for parent in parents:
             assert "test_accuracy_mean" in parent.data.metrics
+        for child in children:
+            epochs = params["runs"][child.data.tags["medimg.run"]]["epochs"]
+            curve = client.get_metric_history(child.info.run_id, "epoch_val_accuracy")
+            assert [m.step for m in curve] == list(range(1, epochs + 1))
+            # the evaluate stage's final value, not a point appended to the curve
+            assert len(client.get_metric_history(child.info.run_id, "val_accuracy")) == 1
         champion = client.get_model_version_by_alias(f"medimg-{dataset}", "champion")
         assert champion.run_id in {c.info.run_id for c in children}
 

@@ -150,8 +150,8 @@ def test_epoch_logger_logs_every_epoch_and_continues_steps_on_resume(
     # a resumed fit starts at the epoch where the interrupted one stopped
     model.fit(x, y, epochs=3, initial_epoch=2, verbose=0, callbacks=[logger])
 
-    assert [m.step for m in store.get_metric_history(run_id, "loss")] == [1, 2, 3]
-    assert [m.step for m in store.get_metric_history(run_id, "val_accuracy")] == [1, 2]
+    assert [m.step for m in store.get_metric_history(run_id, "epoch_loss")] == [1, 2, 3]
+    assert [m.step for m in store.get_metric_history(run_id, "epoch_val_accuracy")] == [1, 2]
 
 
 def test_resumable_run_continues_the_run_named_in_its_id_file(

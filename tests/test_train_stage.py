@@ -159,7 +159,7 @@ def test_parent_and_child_runs_hold_params_metrics_and_artifacts(
         assert child.data.params["seed"] == seed
         assert child.data.params["model_options.feature_maps"] == "4"
         assert child.data.params["learning_rate"] == "0.001"
-        for key in ("loss", "val_auc", "val_accuracy"):
+        for key in ("epoch_loss", "epoch_val_auc", "epoch_val_accuracy"):
             steps = [m.step for m in client.get_metric_history(child.info.run_id, key)]
             assert steps == list(range(1, EPOCHS + 1))
         for key in ("best_val_auc", "best_epoch", "train_seconds", "images_per_second"):

@@ -225,8 +225,10 @@ def run_tags(
 class MlflowEpochLogger(keras.callbacks.Callback):
     """Logs each epoch's Keras logs as MLflow metrics of one run, step = 1-based epoch.
 
-    Keras passes the absolute epoch index, so a resumed fit continues the steps
-    where the interrupted one stopped.
+    Names get an `epoch_` prefix (TensorBoard's convention): `epoch_val_accuracy`
+    is the curve, while the evaluate stage logs the final `val_accuracy` of the
+    chosen checkpoint to the same run. Keras passes the absolute epoch index,
+    so a resumed fit continues the steps where the interrupted one stopped.
     """
 
     def __init__(self, run_id: str, tracking_uri: str | None = None) -> None:
@@ -237,7 +239,7 @@ class MlflowEpochLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         timestamp = int(time.time() * 1000)
         metrics = [
-            Metric(key=key, value=float(value), timestamp=timestamp, step=epoch + 1)
+            Metric(key=f"epoch_{key}", value=float(value), timestamp=timestamp, step=epoch + 1)
             for key, value in (logs or {}).items()
             if isinstance(value, int | float) or getattr(value, "shape", None) == ()
         ]
