@@ -40,23 +40,12 @@ from medimg.data.download import cached_download, sha256_file
 from medimg.data.errors import FetchError
 from medimg.data.images import ImageInfo, inspect_images
 from medimg.data.layouts import LayoutEntry, get_layout, match_layout
+from medimg.data.manifest import MANIFEST_COLUMNS, SPLITS
 
 __all__ = ["MANIFEST_COLUMNS", "FetchError", "FetchReport", "content_fingerprint", "fetch_dataset"]
 
 log = logging.getLogger(__name__)
 
-MANIFEST_COLUMNS = (
-    "path",
-    "label",
-    "source_split",
-    "group_id",
-    "sha256",
-    "width",
-    "height",
-    "mode",
-    "phash",
-)
-SPLIT_ORDER = ("train", "val", "test")
 COPY_CHUNK_BYTES = 1 << 20
 
 
@@ -128,7 +117,7 @@ def count_images(
     """{source split: {class: n}} over manifest rows; every class listed for each split present."""
     rows = list(rows)
     present = {row["source_split"] for row in rows}
-    counts = {s: dict.fromkeys(classes, 0) for s in SPLIT_ORDER if s in present}
+    counts = {s: dict.fromkeys(classes, 0) for s in SPLITS if s in present}
     for row in rows:
         counts[str(row["source_split"])][str(row["label"])] += 1
     return counts
@@ -148,7 +137,7 @@ def _count_mismatches(
 
 
 def _split_rank(split: str) -> tuple[int, str]:
-    return (SPLIT_ORDER.index(split) if split in SPLIT_ORDER else len(SPLIT_ORDER), split)
+    return (SPLITS.index(split) if split in SPLITS else len(SPLITS), split)
 
 
 class _FolderTree:

@@ -33,8 +33,8 @@ from tqdm import tqdm
 from medimg import atomic, paths
 from medimg.config import DatasetConfig, OfflineAugmentConfig
 from medimg.data.augmentation import augment_image
+from medimg.data.manifest import SPLITS
 
-SPLITS = ("train", "val", "test")
 REQUIRED_COLUMNS = ("path", "label")
 _PIL_MODE = {1: "L", 3: "RGB"}
 # Workers receive this many images per task: large enough to amortise inter-process

@@ -33,19 +33,8 @@ from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 from medimg import atomic, paths
 from medimg.config import DatasetConfig, SplitConfig
 from medimg.data.duplicates import leak_groups
+from medimg.data.manifest import MANIFEST_COLUMNS, SPLITS
 
-MANIFEST_COLUMNS = (
-    "path",
-    "label",
-    "source_split",
-    "group_id",
-    "sha256",
-    "width",
-    "height",
-    "mode",
-    "phash",
-)
-SPLITS = ("train", "val", "test")
 SOURCE_SPLITS = ("train", "val", "test")
 EXCLUDED = "excluded"  # assignment of official-protocol images dropped for leaking into test
 LAYOUTS = ("chest_xray", "mri")

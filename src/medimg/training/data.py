@@ -3,7 +3,7 @@
 `load_prepared` memory-maps data/prepared/<dataset>/<split>_{x,y}.npy, so a
 dataset larger than memory trains, and worker processes share the pages.
 `ArrayBatches` is a `keras.utils.PyDataset`, which every Keras backend accepts
-(tf.data would tie training to TensorFlow; the GPU machine has only JAX).
+(TensorFlow's data API would tie training to TensorFlow; the GPU machine has only JAX).
 Pixels stay uint8 all the way to the model, which rescales them: a quarter of
 the bytes of float32 to copy and to send to an accelerator.
 """

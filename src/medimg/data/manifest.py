@@ -1,0 +1,15 @@
+"""The columns and split names that fetch, split and augment share."""
+
+# manifest.csv (fetch) and the split CSVs (split, plus `leak_group`), in this order.
+MANIFEST_COLUMNS = (
+    "path",  # relative to data/raw/<dataset>/
+    "label",
+    "source_split",  # the split the source published the image in
+    "group_id",  # X-ray: patient id from the file name; MRI: first 16 hex of sha256
+    "sha256",
+    "width",
+    "height",
+    "mode",  # Pillow colour mode of the file
+    "phash",  # 64-bit perceptual hash, 16 hex digits
+)
+SPLITS = ("train", "val", "test")
