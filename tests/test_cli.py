@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -54,3 +55,19 @@ def test_stage_scripts_call_the_cli() -> None:
         )
         assert result.returncode == 0, result.stderr
         assert f"usage: medimg {stage}" in result.stdout
+
+
+def test_train_without_prepared_arrays_names_the_stage_to_run(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    result = subprocess.run(
+        [sys.executable, "-m", "medimg.cli", "train", "--run", "xray_cnn"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "MEDIMG_ROOT": str(tmp_path)},
+    )
+    assert result.returncode == 2
+    assert "dvc repro augment@chest_xray" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "models").exists()
+    assert not (tmp_path / "mlruns").exists()

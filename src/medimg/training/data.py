@@ -39,6 +39,10 @@ class PreparedDataError(ValueError):
     """A file of the augment stage's output does not match its contract."""
 
 
+class PreparedDataMissing(PreparedDataError, FileNotFoundError):
+    """The augment stage's output is not there: it has to run first."""
+
+
 @dataclass(frozen=True)
 class SplitArrays:
     """One split: x (N, H, W, C) uint8 and y (N,) int64 class index, memory-mapped."""
@@ -77,8 +81,8 @@ class PreparedData:
         return self.splits[name]
 
 
-def _missing(path: Path, dataset: str) -> FileNotFoundError:
-    return FileNotFoundError(
+def _missing(path: Path, dataset: str) -> PreparedDataMissing:
+    return PreparedDataMissing(
         f"{path} not found; run the augment stage first: dvc repro augment@{dataset}"
     )
 

@@ -23,7 +23,7 @@ from mlflow import MlflowClient
 
 from medimg import atomic, paths, tracking
 from medimg.config import Params, RunConfig
-from medimg.training.data import PreparedData, load_prepared
+from medimg.training.data import PreparedData, PreparedDataError, load_prepared
 from medimg.training.fit import fit_one_seed
 from medimg.training.predict import load_model
 
@@ -235,7 +235,7 @@ def run_train(params: Params, run_name: str) -> dict[str, Any]:
     data = load_prepared(paths.prepared_dir(run.dataset))
     missing = [key for key in REQUIRED_META_KEYS if key not in data.meta]
     if missing:
-        raise KeyError(
+        raise PreparedDataError(
             f"{data.directory / 'meta.json'} lacks {missing}; "
             f"re-run the augment stage: dvc repro augment@{run.dataset}"
         )
