@@ -114,6 +114,9 @@ def _train_seed(
         # Without its compile state: the saved and logged model then loads with plain
         # Keras, without medimg's custom training metric registered.
         model = load_model(fit.model_path)
+        # Beside seed-<seed>/, which fit_one_seed empties when a seed starts afresh.
+        exported = work / f"seed-{seed}.model.keras"
+        model.save(exported)
         examples = np.asarray(data.split("val").x[:INPUT_EXAMPLE_IMAGES])
         model_id = tracking.log_keras_model(model, examples)
 
@@ -128,7 +131,7 @@ def _train_seed(
         "images_per_second": fit.images_per_second,
         "resumed_from_epoch": fit.resumed_from_epoch,
         # Not part of summary.json: what the outputs are made from, and MLflow's model id.
-        "checkpoint": str(fit.model_path),
+        "exported_model": str(exported),
         "history": fit.history,
         "logged_model_id": model_id,
     }
@@ -202,7 +205,7 @@ def _write_outputs(
         for result in results:
             seed_dir = staging / f"seed-{result['seed']}"
             seed_dir.mkdir(parents=True)
-            load_model(Path(result["checkpoint"])).save(seed_dir / "model.keras")
+            shutil.copy2(result["exported_model"], seed_dir / "model.keras")
             _history_frame(result["history"]).to_csv(seed_dir / "history.csv", index=False)
             _write_json(seed_dir / "preprocessing.json", preprocessing)
         _write_json(staging / "summary.json", summary)
