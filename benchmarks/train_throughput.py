@@ -1,4 +1,4 @@
-"""Training throughput of the X-ray CNN per input pipeline and augmentation site.
+"""Training throughput of a registered model per input pipeline and augmentation site.
 
 Prints a table of images per second (median over the epochs after a warm-up
 epoch; training only, no validation; the variants take turns epoch by epoch)
@@ -11,9 +11,10 @@ for:
                (medimg.data.augmentation.augment_batch), GaussianNoise in the model
 
 Random uint8 images stand in for data: speed does not depend on the pixel values.
-The numbers decide `choose_augmentation_site` (medimg/models/augmentation_layers.py).
+The numbers decide `choose_augmentation_site` (medimg/training/classifier.py).
 
     KERAS_BACKEND=tensorflow python benchmarks/train_throughput.py --sizes 128 224
+    python benchmarks/train_throughput.py --model efficientnet_b0 --channels 3 --sizes 224
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ import keras
 import numpy as np
 
 from medimg.config import TrainAugmentConfig
-from medimg.models.simple_cnn import build_xray_cnn
+from medimg.models import MODELS, build_backbone
+from medimg.training.classifier import assemble_classifier
 from medimg.training.data import ArrayBatches, loader_augmentation
 
 # The thesis's X-ray augmentation (rotation +-5 deg, zoom 100-120 %) plus the
@@ -59,9 +61,16 @@ def build_variant(
     """The compiled model of `variant` and the keyword arguments of its model.fit."""
     x_memmap = np.load(x_path, mmap_mode="r")
     keras.utils.set_random_seed(0)
-    model = build_xray_cnn(
+    backbone = build_backbone(
+        args.model,
         x_memmap.shape[1:],
         2,
+        {"weights": "none"} if "weights" in MODELS[args.model].options.model_fields else {},
+    )
+    model = assemble_classifier(
+        backbone,
+        x_memmap.shape[1:],
+        MODELS[args.model].input_range,
         augmentation=AUGMENT if variant in ("c in-model", "d loader") else None,
         augment_in_model=variant == "c in-model",
     )
@@ -107,6 +116,8 @@ def measure(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="xray_cnn", choices=sorted(MODELS))
+    parser.add_argument("--channels", type=int, default=1, choices=(1, 3))
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 224])
     parser.add_argument("--images", type=int, default=128, help="images per epoch")
     parser.add_argument("--epochs", type=int, default=3, help="measured epochs after warm-up")
@@ -116,6 +127,7 @@ def main() -> None:
     args = parser.parse_args()
 
     print(
+        f"{args.model}, {args.channels} channel(s), "
         f"keras {keras.__version__}, backend {keras.backend.backend()}, "
         f"{platform.processor() or platform.machine()}, batch {args.batch_size}, "
         f"{args.images} images/epoch, median of {args.epochs} epochs after 1 warm-up, "
@@ -126,7 +138,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         sizes_x = {size: Path(tmp) / f"x{size}.npy" for size in args.sizes}
         for size, x_path in sizes_x.items():
-            np.save(x_path, rng.integers(0, 256, (args.images, size, size, 1), dtype=np.uint8))
+            np.save(
+                x_path,
+                rng.integers(0, 256, (args.images, size, size, args.channels), dtype=np.uint8),
+            )
         results = measure(sizes_x, y, args)
 
     print("\nimg/s   " + "".join(f"{v:>14}" for v in args.variants) + "   b/a")

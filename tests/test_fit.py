@@ -22,6 +22,8 @@ from medimg.training.fit import (
 from medimg.training.predict import load_model, predict_proba
 
 LOG_KEYS = {"loss", "accuracy", "auc", "val_loss", "val_accuracy", "val_auc"}
+# history.csv columns beside Keras's logs: the training phase and the learning rate
+HISTORY_KEYS = LOG_KEYS | {"phase", "learning_rate"}
 
 
 def write_prepared(directory: Path, classes: list[str], n: int = 16, size: int = 32) -> None:
@@ -91,7 +93,7 @@ def test_checkpoint_is_the_best_epoch_by_monitor(binary_data, tmp_path):
     run = xray_run(epochs=3, monitor="val_loss", learning_rate=0.01)
     result = fit_one_seed(run, binary_data, tmp_path / "work", seed=1, callbacks=[record])
 
-    assert set(result.history) == LOG_KEYS
+    assert set(result.history) == HISTORY_KEYS
     assert result.epochs_run == 3 and result.resumed_from_epoch == 0
     val_loss = result.history["val_loss"]
     assert result.best_epoch == int(np.argmin(val_loss)) + 1
@@ -100,8 +102,9 @@ def test_checkpoint_is_the_best_epoch_by_monitor(binary_data, tmp_path):
     saved = load_model(result.model_path).get_weights()
     for a, b in zip(saved, record.epoch_weights[result.best_epoch - 1], strict=True):
         np.testing.assert_array_equal(a, b)
-    assert not (tmp_path / "work" / "seed-1" / "backup").exists()  # finished: no resume state
     assert result.images_per_second > 0
+    state = json.loads((tmp_path / "work" / "seed-1" / "state" / "state.json").read_text())
+    assert state["finished"] is True and state["epoch"] == 3
 
 
 def test_resume_after_interruption_continues_at_the_next_epoch(binary_data, tmp_path):
@@ -125,7 +128,11 @@ def test_resume_after_interruption_continues_at_the_next_epoch(binary_data, tmp_
     steps_per_epoch = 4  # 16 images, batch 4
     assert resumed.start_iterations == 2 * steps_per_epoch
 
-    # A further call starts afresh: the finished training left no resume state.
+    # The same call again trains nothing: the seed is finished.
+    untouched = RecordWeights()
+    same = fit_one_seed(run, binary_data, work, seed=3, callbacks=[untouched])
+    assert untouched.epochs == [] and same.history == result.history
+    # Another configuration in the same folder starts afresh.
     again = fit_one_seed(xray_run(epochs=1), binary_data, work, seed=3)
     assert again.resumed_from_epoch == 0 and again.epochs_run == 1
 
@@ -145,11 +152,12 @@ def test_multiclass_fit_logs_auc_and_predicts_probabilities(tmp_path):
         augmentation=TrainAugmentConfig(rotation_deg=5, zoom_range=(1.0, 1.1), where="loader"),
     )
     result = fit_one_seed(run, data, tmp_path / "work", seed=0, loader_workers=2)
-    assert set(result.history) == LOG_KEYS
+    assert set(result.history) == HISTORY_KEYS
     assert all(0 <= v <= 1 for v in result.history["val_auc"])
 
     model = load_model(result.model_path)
     assert "random_rotation" not in {layer.name for layer in model.layers}  # done by the loader
+    assert "backbone" in {layer.name for layer in model.layers}
     x = data.split("test").x[:5]
     probabilities = predict_proba(model, np.asarray(x))
     assert probabilities.shape == (5, 3)

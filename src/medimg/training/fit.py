@@ -1,24 +1,22 @@
-"""Train one model with one seed: build, compile, fit with checkpointing and resume.
+"""Train one model with one seed: build, compile, fit its phases with durable state and resume.
 
-Tracking is not done here: the caller passes callbacks (e.g. an MLflow logger).
-Everything one training writes lives in `work/seed-<seed>/`:
+The one training function of the project: the train stage and the Optuna tuner both
+call `fit_one_seed`. Tracking is not done here: the caller passes callbacks (an
+MLflow logger, a pruner). No TensorFlow and no MLflow here, so it runs on the GPU
+machine's JAX backend as it is.
 
-    best.keras    the best epoch by `run.monitor` (ModelCheckpoint, save_best_only)
-    history.csv   one row per finished epoch (CSVLogger; 0-based `epoch` column)
-    backup/       Keras BackupAndRestore state; present only while a training is unfinished
-
-A training that was killed resumes from its last finished epoch when
-`fit_one_seed` is called again with the same arguments: the weights and the
-optimizer state come from backup/, the shuffle order of the remaining epochs is
-the one an uninterrupted run would have used, and the checkpoint and early
-stopping carry on from the best value in history.csv. (Random layers such as
-dropout and noise draw fresh numbers after a resume, so a resumed run is not
-bit-identical to an uninterrupted one.)
+Everything one training writes lives in `work/seed-<seed>/` (checkpoints.py): a
+training that was killed resumes from its last finished epoch when `fit_one_seed`
+is called again with the same arguments: the weights and the optimizer state come
+from the resume state, the shuffle order of the remaining epochs is the one an
+uninterrupted run would have used, and the checkpoint and early stopping carry on
+from the best value in history.csv. (Random layers such as dropout and noise draw
+fresh numbers after a resume, so a resumed run is not bit-identical to an
+uninterrupted one.)
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -34,15 +32,29 @@ import numpy as np
 from keras import ops
 
 from medimg.config import RunConfig
-from medimg.models import get_builder
-from medimg.models.augmentation_layers import choose_augmentation_site
+from medimg.models import build_backbone, get_spec
+from medimg.models.blocks import set_trainable_top
+from medimg.models.options import weights_kind
+from medimg.models.transfer import load_source_model, transfer_weights
+from medimg.training.checkpoints import (
+    EpochRecorder,
+    ResumableEarlyStopping,
+    ResumeState,
+    ResumeStateError,
+    SavedState,
+    best_epoch_index,
+    fsync_write,
+    read_history,
+    truncate_history,
+    write_history,
+)
+from medimg.training.classifier import assemble_classifier, choose_augmentation_site
 from medimg.training.data import ArrayBatches, PreparedData, loader_augmentation
+from medimg.training.phases import Phase, phase_index_at, training_phases
 
 CHECKPOINT_FILE = "best.keras"
 HISTORY_FILE = "history.csv"
-BACKUP_DIR = "backup"
-# Written by keras.callbacks.BackupAndRestore next to its weights: {"epoch": <epochs done>, ...}.
-BACKUP_METADATA_FILE = "training_metadata.json"
+RUN_CONFIG_FILE = "run.json"
 
 OPTIMIZERS: dict[str, type[keras.optimizers.Optimizer]] = {
     "adam": keras.optimizers.Adam,
@@ -61,8 +73,8 @@ MAX_LOADER_WORKERS = 8
 class FitResult:
     """What one seed's training produced.
 
-    history: every Keras log key (loss, accuracy, auc, val_*) -> one value per epoch,
-        over all epochs of this seed including those before a resume.
+    history: every column of history.csv (Keras log keys, phase, learning_rate) -> one
+        value per epoch, over all epochs of this seed including those before a resume.
     best_epoch: 1-based epoch of the checkpoint (best `run.monitor`).
     epochs_run: epochs finished in total (fewer than run.epochs after early stopping).
     train_seconds: wall time of model.fit in this call (validation included).
@@ -79,6 +91,14 @@ class FitResult:
     train_seconds: float
     images_per_second: float
     resumed_from_epoch: int
+
+    def best_values(self, keys: Sequence[str]) -> dict[str, float]:
+        """{"best_<key>": history value at the best epoch} for each key the history has."""
+        return {
+            f"best_{key}": float(self.history[key][self.best_epoch - 1])
+            for key in keys
+            if key in self.history
+        }
 
 
 @keras.saving.register_keras_serializable(package="medimg")
@@ -106,27 +126,6 @@ class SparseCategoricalAUC(keras.metrics.AUC):
         return {**super().get_config(), "num_classes": self.num_classes}
 
 
-class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
-    """EarlyStopping that starts from the epochs finished before a resume.
-
-    Keras's version resets its best value and patience counter at every fit();
-    here they are replayed from the monitor values in history.csv.
-    """
-
-    def __init__(self, previous_values: Sequence[float], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.previous_values = list(previous_values)
-
-    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        super().on_train_begin(logs)
-        sign = 1.0 if self.mode == "max" else -1.0
-        for value in self.previous_values:  # the same rule as EarlyStopping.on_epoch_end
-            self.wait += 1
-            if self.best is None or sign * (value - self.best) > self.min_delta:
-                self.best = value
-                self.wait = 0
-
-
 def class_weights_for(run: RunConfig, classes: Sequence[str], y: np.ndarray) -> dict[int, float]:
     """Keras class_weight {class index: weight} from run.class_weights.
 
@@ -148,18 +147,42 @@ def class_weights_for(run: RunConfig, classes: Sequence[str], y: np.ndarray) -> 
     return {i: float(run.class_weights.get(name, 1.0)) for i, name in enumerate(classes)}
 
 
-def build_compiled_model(
+def build_classifier(
     run: RunConfig, input_shape: tuple[int, int, int], num_classes: int, augment_in_model: bool
 ) -> keras.Model:
-    """The registry model of `run`, compiled with its optimizer, the loss, accuracy and "auc"."""
-    model = get_builder(run.model)(
-        input_shape,
-        num_classes,
-        **run.model_options,
-        augmentation=run.augmentation,
-        augment_in_model=augment_in_model,
-        image_size=run.image_size,
+    """The run's backbone (initial weights applied) wrapped for 0-255 input of `input_shape`.
+
+    The backbone is built at `run.image_size` (None: the prepared size); the wrapper
+    resizes the prepared images to it (medimg.training.classifier).
+    """
+    size = run.image_size or input_shape[0]
+    backbone = build_backbone(
+        run.model, (size, size, input_shape[2]), num_classes, run.model_options
     )
+    weights = run.options().model_dump().get("weights", "none")
+    # "imagenet" and keras.applications weight files are loaded by the builder itself;
+    # a whole saved model (a .keras file or a model folder) seeds the backbone here.
+    if weights_kind(weights) == "file" and not weights.endswith(".h5"):
+        transfer_weights(load_source_model(Path(weights)), backbone, weights)
+    elif weights_kind(weights) == "mlflow":
+        raise ValueError(
+            f"model_options.weights = {weights!r}: an MLflow URI must be downloaded to a local "
+            "folder before training (the train stage does; medimg.training has no MLflow)"
+        )
+    return assemble_classifier(
+        backbone,
+        input_shape,
+        get_spec(run.model).input_range,
+        run.augmentation,
+        augment_in_model,
+        name=run.model,
+    )
+
+
+def compile_classifier(
+    model: keras.Model, run: RunConfig, num_classes: int, learning_rate: float
+) -> None:
+    """Compile with the run's optimizer at `learning_rate`, the loss, accuracy and "auc"."""
     if num_classes == 2:
         loss = "binary_crossentropy"
         metrics = [keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")]
@@ -170,57 +193,131 @@ def build_compiled_model(
             SparseCategoricalAUC(num_classes, name="auc"),
         ]
     model.compile(
-        optimizer=OPTIMIZERS[run.optimizer](learning_rate=run.learning_rate),
+        optimizer=OPTIMIZERS[run.optimizer](learning_rate=learning_rate),
         loss=loss,
         metrics=metrics,
+        run_eagerly=run.run_eagerly,
     )
-    return model
 
 
-def read_history(path: Path) -> dict[str, list[float]]:
-    """history.csv -> {log key: values per epoch}, in epoch order, without the epoch column."""
-    if not path.is_file():
-        return {}
-    with path.open(newline="") as f:
-        rows = sorted(csv.DictReader(f), key=lambda row: int(row["epoch"]))
-    keys = [key for key in (rows[0] if rows else {}) if key != "epoch"]
-    return {key: [float(row[key]) for row in rows] for key in keys}
+def configure_phase(model: keras.Model, run: RunConfig, num_classes: int, phase: Phase) -> None:
+    """Set the phase's trainable layers, then compile (a fresh optimizer) at its rate."""
+    set_trainable_top(model.get_layer("backbone"), phase.trainable_top_blocks)
+    compile_classifier(model, run, num_classes, phase.learning_rate)
 
 
-def _finished_epochs_in_backup(backup_dir: Path) -> int:
-    metadata = backup_dir / BACKUP_METADATA_FILE
-    if not metadata.is_file():
-        return 0
-    try:
-        return int(json.loads(metadata.read_text())["epoch"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-        raise ValueError(
-            f"{metadata}: unreadable resume state ({err}); delete {backup_dir} to start afresh"
-        ) from None
+def _open_seed_dir(seed_dir: Path, run: RunConfig) -> SavedState | None:
+    """The saved state to resume from, or None after emptying the folder for a fresh start.
+
+    A folder left by a training of another configuration is emptied too: resuming
+    it would mix two experiments in one model.
+    """
+    config_file = seed_dir / RUN_CONFIG_FILE
+    config = run.model_dump(mode="json")
+    same_run = config_file.is_file() and json.loads(config_file.read_text()) == config
+    state = ResumeState(seed_dir).read() if same_run else None
+    if state is None:
+        # Never started, killed before its first epoch ended, or another configuration.
+        shutil.rmtree(seed_dir, ignore_errors=True)
+        seed_dir.mkdir(parents=True)
+        fsync_write(config_file, json.dumps(config, indent=2).encode())
+        return None
+    history = read_history(seed_dir / HISTORY_FILE)
+    epochs = len(history.get(run.monitor, []))
+    if epochs < state.epoch or not (seed_dir / CHECKPOINT_FILE).is_file():
+        raise ResumeStateError(
+            f"{seed_dir}: the resume state says {state.epoch} epochs are done but "
+            f"{HISTORY_FILE} has {epochs} and {CHECKPOINT_FILE} "
+            f"{'exists' if (seed_dir / CHECKPOINT_FILE).is_file() else 'is missing'}; "
+            f"delete {seed_dir} to train this seed afresh"
+        )
+    return state
 
 
-def _keep_epochs_before(history_path: Path, epochs: int) -> None:
-    """Drop history rows of epochs >= `epochs` (a kill after CSVLogger, before the backup)."""
-    if not history_path.is_file():
-        return
-    with history_path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        fieldnames = reader.fieldnames or []
-        rows = [row for row in reader if int(row["epoch"]) < epochs]
-    tmp = history_path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fieldnames)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(history_path)
+def _restore(
+    model: keras.Model,
+    run: RunConfig,
+    num_classes: int,
+    phases: list[Phase],
+    seed_dir: Path,
+    state: SavedState,
+) -> SavedState:
+    """Load the saved weights and optimizer; return the state actually loaded."""
+    configure_phase(model, run, num_classes, phases[state.phase])
+    loaded = ResumeState(seed_dir).restore(model, state)
+    history = truncate_history(read_history(seed_dir / HISTORY_FILE), loaded.epoch)
+    write_history(seed_dir / HISTORY_FILE, history)
+    return loaded
 
 
-def _best_epoch(values: Sequence[float], mode: str) -> int:
-    """0-based index of the first best value (ModelCheckpoint keeps the first of equals)."""
-    array = np.asarray(values, dtype=float)
-    if np.isnan(array).all():
-        raise ValueError("every epoch's monitor value is NaN: the training diverged")
-    return int(np.nanargmax(array) if mode == "max" else np.nanargmin(array))
+def _loader_settings(run: RunConfig, loader_workers: int | None) -> tuple[bool, int]:
+    """(augment in the loader?, loader threads) for this backend and run."""
+    site = choose_augmentation_site(run.augmentation, keras.backend.backend())
+    in_loader = run.augmentation.geometric and site == "loader"
+    if loader_workers is None:
+        loader_workers = min(os.cpu_count() or 1, MAX_LOADER_WORKERS) if in_loader else 1
+    return in_loader, loader_workers
+
+
+def _fit_phase(
+    model: keras.Model,
+    run: RunConfig,
+    data: PreparedData,
+    seed: int,
+    seed_dir: Path,
+    phase_index: int,
+    first_epoch: int,
+    end_epoch: int,
+    callbacks: Sequence[keras.callbacks.Callback],
+    loader: tuple[bool, int],
+    verbose: int | str,
+) -> bool:
+    """model.fit over [first_epoch, end_epoch); returns True when early stopping fired."""
+    augment_in_loader, workers = loader
+    train = data.split("train")
+    val = data.split("val")
+    history = read_history(seed_dir / HISTORY_FILE)
+    mode = MONITOR_MODES[run.monitor]
+    fit_callbacks: list[keras.callbacks.Callback] = [
+        EpochRecorder(seed_dir, history, run.monitor, mode, phase_index)
+    ]
+    if run.early_stopping.enabled:
+        fit_callbacks.append(
+            ResumableEarlyStopping(
+                history.get(run.monitor, []),
+                monitor=run.monitor,
+                mode=mode,
+                patience=run.early_stopping.patience,
+                min_delta=run.early_stopping.min_delta,
+            )
+        )
+    fit_callbacks.extend(callbacks)
+    model.fit(
+        ArrayBatches(
+            train.x,
+            train.y,
+            run.batch_size,
+            data.num_classes,
+            shuffle=True,
+            seed=seed,
+            augment=loader_augmentation(run.augmentation) if augment_in_loader else None,
+            first_epoch=first_epoch,
+            workers=workers,
+        ),
+        validation_data=ArrayBatches(val.x, val.y, run.batch_size, data.num_classes, shuffle=False),
+        initial_epoch=first_epoch,
+        epochs=end_epoch,
+        # None rather than all ones: no per-sample weights to compute for every batch.
+        class_weight=(
+            None
+            if run.class_weights == "none"
+            else class_weights_for(run, data.classes, np.asarray(train.y))
+        ),
+        callbacks=fit_callbacks,
+        shuffle=False,  # ArrayBatches shuffles rows with its own seeded generator
+        verbose=verbose,
+    )
+    return bool(model.stop_training)
 
 
 def fit_one_seed(
@@ -235,128 +332,83 @@ def fit_one_seed(
 ) -> FitResult:
     """Train `run`'s model on `data` (train split; val split for the monitor) with `seed`.
 
-    Resumes from work/seed-<seed>/backup when a previous call was interrupted;
-    otherwise starts afresh, replacing that folder's checkpoint and history.
+    Resumes from work/seed-<seed>/ when a previous call with the same configuration
+    was interrupted; returns the recorded result without training when that one
+    finished; otherwise starts afresh in an emptied folder.
 
     Args:
-        run: the training configuration.
+        run: the training configuration (its model_options.weights, when a model to
+            transfer from, must be a local path).
         data: the prepared arrays (load_prepared).
-        work: the run's work folder (paths.work_dir(run name)); seed-<seed>/ is written there.
+        work: the work folder; seed-<seed>/ is written there.
         seed: seeds Keras, numpy and Python, the shuffle order and the loader augmentation.
-        callbacks: appended after the checkpoint, history and backup callbacks.
+        callbacks: run after the recorder (which adds "phase" and "learning_rate" to
+            each epoch's logs), e.g. an MLflow logger or an Optuna pruner.
         loader_workers: threads producing training batches; None = 1, or up to
             MAX_LOADER_WORKERS (the CPU count) when the loader augments.
         verbose: passed to model.fit (2 = one line per epoch).
     """
     seed_dir = Path(work) / f"seed-{seed}"
-    checkpoint_path = seed_dir / CHECKPOINT_FILE
-    history_path = seed_dir / HISTORY_FILE
-    backup_dir = seed_dir / BACKUP_DIR
-    monitor_mode = MONITOR_MODES[run.monitor]
-
-    resumed_from_epoch = _finished_epochs_in_backup(backup_dir)
-    if resumed_from_epoch == 0:
-        # A finished or never-started training: nothing here belongs to the new one.
-        shutil.rmtree(seed_dir, ignore_errors=True)
-    _keep_epochs_before(history_path, resumed_from_epoch)
-    seed_dir.mkdir(parents=True, exist_ok=True)
-    previous = read_history(history_path).get(run.monitor, [])
-    if resumed_from_epoch and (
-        len(previous) != resumed_from_epoch or not checkpoint_path.is_file()
-    ):
-        raise ValueError(
-            f"{seed_dir}: the backup says {resumed_from_epoch} epochs are done but "
-            f"{history_path.name} has {len(previous)} and {checkpoint_path.name} "
-            f"{'exists' if checkpoint_path.is_file() else 'is missing'}; "
-            f"delete {seed_dir} to start afresh"
-        )
-
+    state = _open_seed_dir(seed_dir, run)
+    phases = training_phases(run)
     keras.utils.set_random_seed(seed)
-    augmentation = run.augmentation
-    site = choose_augmentation_site(augmentation, keras.backend.backend())
-    augment_in_loader = augmentation.geometric and site == "loader"
-    model = build_compiled_model(
-        run, data.input_shape, data.num_classes, augment_in_model=not augment_in_loader
-    )
+    loader = _loader_settings(run, loader_workers)
+    model = build_classifier(run, data.input_shape, data.num_classes, not loader[0])
 
-    if loader_workers is None:
-        loader_workers = min(os.cpu_count() or 1, MAX_LOADER_WORKERS) if augment_in_loader else 1
-    train = data.split("train")
-    train_batches = ArrayBatches(
-        train.x,
-        train.y,
-        run.batch_size,
-        data.num_classes,
-        shuffle=True,
-        seed=seed,
-        augment=loader_augmentation(augmentation) if augment_in_loader else None,
-        first_epoch=resumed_from_epoch,
-        workers=loader_workers,
-    )
-    val = data.split("val")
-    val_batches = ArrayBatches(val.x, val.y, run.batch_size, data.num_classes, shuffle=False)
-
-    # Order matters for a kill between two callbacks: history and checkpoint are
-    # written before the backup, so the backup never records an epoch whose row
-    # or checkpoint is missing (an extra history row is dropped on resume).
-    fit_callbacks: list[keras.callbacks.Callback] = [
-        keras.callbacks.CSVLogger(str(history_path), append=True),
-        keras.callbacks.ModelCheckpoint(
-            str(checkpoint_path),
-            monitor=run.monitor,
-            mode=monitor_mode,
-            save_best_only=True,
-            initial_value_threshold=(
-                previous[_best_epoch(previous, monitor_mode)] if previous else None
-            ),
-        ),
-    ]
-    if run.early_stopping.enabled:
-        fit_callbacks.append(
-            ResumableEarlyStopping(
-                previous,
-                monitor=run.monitor,
-                mode=monitor_mode,
-                patience=run.early_stopping.patience,
-                min_delta=run.early_stopping.min_delta,
+    if state is not None:
+        state = _restore(model, run, data.num_classes, phases, seed_dir, state)
+    done = 0 if state is None else state.epoch
+    started = time.perf_counter()
+    if not (state is not None and state.finished):
+        current = None if state is None else state.phase
+        for index in range(phase_index_at(phases, done), len(phases)):
+            phase = phases[index]
+            if index != current:
+                configure_phase(model, run, data.num_classes, phase)
+            first = max(done, phase.first_epoch)
+            stopped = _fit_phase(
+                model,
+                run,
+                data,
+                seed,
+                seed_dir,
+                index,
+                first,
+                phase.end_epoch,
+                callbacks,
+                loader,
+                verbose,
             )
-        )
-    fit_callbacks.append(keras.callbacks.BackupAndRestore(str(backup_dir)))
-    fit_callbacks.extend(callbacks)
+            if stopped:
+                break
+        ResumeState(seed_dir).mark_finished()
+    train_seconds = time.perf_counter() - started
+    return _result(run, data, seed, seed_dir, done, train_seconds)
 
-    start = time.perf_counter()
-    model.fit(
-        train_batches,
-        validation_data=val_batches,
-        epochs=run.epochs,
-        # None rather than all ones: no per-sample weights to compute for every batch.
-        class_weight=(
-            None
-            if run.class_weights == "none"
-            else class_weights_for(run, data.classes, np.asarray(train.y))
-        ),
-        callbacks=fit_callbacks,
-        shuffle=False,  # ArrayBatches shuffles rows with its own seeded generator
-        verbose=verbose,
-    )
-    train_seconds = time.perf_counter() - start
 
-    history = read_history(history_path)
-    epochs_run = len(history.get(run.monitor, []))
-    if not checkpoint_path.is_file():
-        raise RuntimeError(
-            f"{checkpoint_path} was not written: no epoch had a finite {run.monitor}"
-        )
-    best_index = _best_epoch(history[run.monitor], monitor_mode)
-    images = len(train) * (epochs_run - resumed_from_epoch)
+def _result(
+    run: RunConfig,
+    data: PreparedData,
+    seed: int,
+    seed_dir: Path,
+    resumed_from: int,
+    train_seconds: float,
+) -> FitResult:
+    history = read_history(seed_dir / HISTORY_FILE)
+    checkpoint = seed_dir / CHECKPOINT_FILE
+    if not checkpoint.is_file():
+        raise RuntimeError(f"{checkpoint} was not written: no epoch had a finite {run.monitor}")
+    monitor = history[run.monitor]
+    best = best_epoch_index(monitor, MONITOR_MODES[run.monitor])
+    images = len(data.split("train")) * (len(monitor) - resumed_from)
     return FitResult(
         seed=seed,
-        model_path=checkpoint_path,
+        model_path=checkpoint,
         history=history,
-        best_epoch=best_index + 1,
-        best_monitor=float(history[run.monitor][best_index]),
-        epochs_run=epochs_run,
+        best_epoch=best + 1,
+        best_monitor=float(monitor[best]),
+        epochs_run=len(monitor),
         train_seconds=train_seconds,
         images_per_second=images / train_seconds if train_seconds > 0 else math.nan,
-        resumed_from_epoch=resumed_from_epoch,
+        resumed_from_epoch=resumed_from,
     )

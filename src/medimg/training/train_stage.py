@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import tempfile
 from pathlib import Path
@@ -23,15 +24,20 @@ from mlflow import MlflowClient
 
 from medimg import atomic, paths, tracking
 from medimg.config import Params, RunConfig
+from medimg.models.options import weights_kind
+from medimg.training.checkpoints import read_history
 from medimg.training.data import PreparedData, PreparedDataError, load_prepared
 from medimg.training.fit import fit_one_seed
 from medimg.training.predict import load_model
+from medimg.training.run_lock import exclusive_run
 
 log = logging.getLogger(__name__)
 
 # meta.json keys read here beyond those load_prepared checks.
 REQUIRED_META_KEYS = ("source_fingerprint", "aspect")
 VAL_METRICS = ("val_auc", "val_accuracy", "val_loss")
+# Logged to each child run besides best_<val metric>.
+SEED_METRICS = ("best_epoch", "best_train_accuracy", "train_seconds", "images_per_second")
 INPUT_EXAMPLE_IMAGES = 3
 PREPROCESSING_INPUT = "uint8 0-255 pixels, shape (batch, H, W, C); the model rescales"
 
@@ -42,19 +48,45 @@ def _write_json(path: Path, obj: Any) -> None:
     partial.replace(path)
 
 
-def _best_values(history: dict[str, list[float]], best_epoch: int) -> dict[str, float]:
-    """best_val_* of the best epoch (1-based), e.g. {"best_val_auc": 0.93, ...}."""
-    missing = [key for key in VAL_METRICS if key not in history]
-    if missing:
-        raise KeyError(f"training history lacks {missing}; it has {sorted(history)}")
-    return {f"best_{key}": float(history[key][best_epoch - 1]) for key in VAL_METRICS}
-
-
 def _history_frame(history: dict[str, list[float]]) -> pd.DataFrame:
-    """One row per epoch: epoch (1-based) then every Keras log key."""
+    """One row per epoch: epoch (1-based) then every history column."""
     frame = pd.DataFrame(history)
     frame.insert(0, "epoch", range(1, len(frame) + 1))
     return frame
+
+
+def _fit_or_reuse(
+    run: RunConfig, data: PreparedData, work: Path, seed: int, logger: Any
+) -> dict[str, Any]:
+    """Train the seed (resuming if it was interrupted) unless its training finished before.
+
+    The training's result is written to work/seed-<seed>.fit.json before anything is
+    logged, so that a failure while logging (an artifact store that cannot be
+    written, a server restart) is followed by logging again, not by training again.
+    """
+    fit_file = work / f"seed-{seed}.fit.json"
+    if fit_file.is_file():
+        log.info("seed %d: training finished earlier, logging it again from %s", seed, fit_file)
+        return json.loads(fit_file.read_text())
+    fit = fit_one_seed(run, data, work, seed, callbacks=[logger])
+    # Without its compile state: the saved and logged model then loads with plain
+    # Keras, without medimg's custom training metric registered.
+    exported = work / f"seed-{seed}.model.keras"  # beside seed-<seed>/, which a fresh start empties
+    load_model(fit.model_path).save(exported)
+    result = {
+        "seed": seed,
+        "best_epoch": fit.best_epoch,
+        **fit.best_values(VAL_METRICS),
+        "best_train_accuracy": fit.best_values(["accuracy"]).get("best_accuracy", float("nan")),
+        "epochs_run": fit.epochs_run,
+        "train_seconds": fit.train_seconds,
+        "images_per_second": fit.images_per_second,
+        "resumed_from_epoch": fit.resumed_from_epoch,
+        "exported_model": str(exported),
+        "history": fit.history,
+    }
+    _write_json(fit_file, result)
+    return result
 
 
 def _train_seed(
@@ -67,7 +99,7 @@ def _train_seed(
 ) -> dict[str, Any]:
     """Train one seed inside its child run; return its result (also saved in the work folder).
 
-    A seed whose result file exists finished earlier and is not trained again.
+    A seed whose result file exists finished earlier and is not trained or logged again.
     The run id and result sit beside, not inside, fit_one_seed's seed-<seed>/
     folder, which it empties when a training starts afresh.
     """
@@ -85,58 +117,62 @@ def _train_seed(
         child_tags,
         nested=True,
     ) as child:
-        effective = {
-            **run.model_dump(mode="json"),
-            "seed": seed,
-            "image_size": run.image_size or data.image_size,
-            "input_shape": list(data.input_shape),
-            "num_classes": data.num_classes,
-            "n_train": len(data.split("train")),
-            "n_val": len(data.split("val")),
-        }
-        mlflow.log_params(tracking.flatten_params(effective))
-        logger = tracking.MlflowEpochLogger(child.info.run_id, mlflow.get_tracking_uri())
-        fit = fit_one_seed(run, data, work, seed, callbacks=[logger])
-
-        best = _best_values(fit.history, fit.best_epoch)
+        mlflow.log_params(tracking.flatten_params(_effective_params(run, data, seed)))
+        finished = read_history(work / f"seed-{seed}" / "history.csv")
+        logger = tracking.MlflowEpochLogger(child.info.run_id, mlflow.get_tracking_uri(), finished)
+        fit = _fit_or_reuse(resolve_initial_weights(run), data, work, seed, logger)
         mlflow.log_metrics(
             {
-                **best,
-                "best_epoch": fit.best_epoch,
-                "train_seconds": fit.train_seconds,
-                "images_per_second": fit.images_per_second,
+                key: fit[key]
+                for key in (*SEED_METRICS, *(f"best_{m}" for m in VAL_METRICS))
+                if key in fit and math.isfinite(fit[key])
             }
         )
         with tempfile.TemporaryDirectory() as tmp:
             history_csv = Path(tmp) / "history.csv"
-            _history_frame(fit.history).to_csv(history_csv, index=False)
+            _history_frame(fit["history"]).to_csv(history_csv, index=False)
             mlflow.log_artifact(str(history_csv))
-        # Without its compile state: the saved and logged model then loads with plain
-        # Keras, without medimg's custom training metric registered.
-        model = load_model(fit.model_path)
-        # Beside seed-<seed>/, which fit_one_seed empties when a seed starts afresh.
-        exported = work / f"seed-{seed}.model.keras"
-        model.save(exported)
         examples = np.asarray(data.split("val").x[:INPUT_EXAMPLE_IMAGES])
-        model_id = tracking.log_keras_model(model, examples)
+        model_id = tracking.log_keras_model(load_model(Path(fit["exported_model"])), examples)
 
     result = {
-        "seed": seed,
+        **{key: value for key, value in fit.items() if key != "history"},
         "child_run_id": child.info.run_id,
         "model": f"seed-{seed}/model.keras",
-        "best_epoch": fit.best_epoch,
-        **best,
-        "epochs_run": fit.epochs_run,
-        "train_seconds": fit.train_seconds,
-        "images_per_second": fit.images_per_second,
-        "resumed_from_epoch": fit.resumed_from_epoch,
-        # Not part of summary.json: what the outputs are made from, and MLflow's model id.
-        "exported_model": str(exported),
-        "history": fit.history,
+        "history": fit["history"],
         "logged_model_id": model_id,
     }
     _write_json(result_file, result)
     return result
+
+
+def _effective_params(run: RunConfig, data: PreparedData, seed: int) -> dict[str, Any]:
+    """Every hyperparameter of one seed's training, model options with their defaults."""
+    return {
+        **run.model_dump(mode="json"),
+        "model_options": run.options().model_dump(mode="json"),
+        "seed": seed,
+        "image_size": run.image_size or data.image_size,
+        "input_shape": list(data.input_shape),
+        "num_classes": data.num_classes,
+        "n_train": len(data.split("train")),
+        "n_val": len(data.split("val")),
+    }
+
+
+def resolve_initial_weights(run: RunConfig) -> RunConfig:
+    """`run` with an MLflow model URI in model_options.weights replaced by a local folder.
+
+    Training code has no MLflow (it also runs on the GPU machine); MLflow's own
+    download puts the model where fit_one_seed can load it.
+    """
+    weights = run.options().model_dump().get("weights", "none")
+    if weights_kind(weights) != "mlflow":
+        return run
+    from medimg.inference.model_source import resolve_model_source
+
+    folder = resolve_model_source(weights)
+    return run.model_copy(update={"model_options": {**run.model_options, "weights": str(folder)}})
 
 
 def _prepare_work_dir(work: Path, config: dict[str, Any]) -> None:
@@ -160,7 +196,7 @@ def _aggregate(results: list[dict[str, Any]]) -> dict[str, float]:
     The std needs two seeds; with one it is left out rather than logged as 0.
     """
     stats = {}
-    for key in (f"best_{metric}" for metric in VAL_METRICS):
+    for key in (*(f"best_{metric}" for metric in VAL_METRICS), "best_train_accuracy"):
         values = np.array([r[key] for r in results], dtype=float)
         stats[f"{key}_mean"] = float(values.mean())
         stats[f"{key}_min"] = float(values.min())
@@ -220,6 +256,7 @@ SUMMARY_SEED_KEYS = (
     "best_val_auc",
     "best_val_accuracy",
     "best_val_loss",
+    "best_train_accuracy",
     "epochs_run",
     "train_seconds",
     "images_per_second",
@@ -227,29 +264,67 @@ SUMMARY_SEED_KEYS = (
 )
 
 
-def run_train(params: Params, run_name: str) -> dict[str, Any]:
-    """Train every seed of `params.runs[run_name]`; write models/<run_name>/; return the summary.
-
-    Checks the configuration, the prepared data and the tracking store before
-    any work, so a failure leaves models/ and MLflow untouched.
-    """
-    run = params.run(run_name)
-    dataset = params.dataset(run.dataset)
-    data = load_prepared(paths.prepared_dir(run.dataset))
+def _load_checked_data(run: RunConfig) -> PreparedData:
+    data = load_prepared(paths.prepared_dir(run.dataset, run.split_protocol))
     missing = [key for key in REQUIRED_META_KEYS if key not in data.meta]
     if missing:
         raise PreparedDataError(
             f"{data.directory / 'meta.json'} lacks {missing}; "
             f"re-run the augment stage: dvc repro augment@{run.dataset}"
         )
+    return data
+
+
+def _parent_tags(params: Params, run_name: str, data: PreparedData) -> dict[str, str]:
+    run = params.run(run_name)
+    return {
+        **tracking.run_tags(run_name, data.meta["source_fingerprint"], run.split_protocol),
+        **tracking.process_tags(),
+        "medimg.profile": params.profile,
+        "medimg.dataset": run.dataset,
+        "medimg.model": run.model,
+    }
+
+
+def lock_file(run_name: str) -> Path:
+    """The lock that lets one process at a time train configuration `run_name`."""
+    return paths.work_dir(run_name).parent / "locks" / f"{run_name}.lock"
+
+
+def run_train(params: Params, run_name: str) -> dict[str, Any]:
+    """Train every seed of `params.runs[run_name]`; write models/<run_name>/; return the summary.
+
+    Checks the configuration, the prepared data and the tracking store before
+    any work, so a failure leaves models/ and MLflow untouched. A second training
+    of the same configuration while this one runs is refused (RunLockedError).
+    """
+    run = params.run(run_name)
+    data = _load_checked_data(run)
     uri = tracking.tracking_uri()
     tracking.ensure_reachable(uri)
+    with exclusive_run(lock_file(run_name), f"run {run_name!r}"):
+        mlflow.set_tracking_uri(uri)
+        client = MlflowClient(uri)
+        name = tracking.experiment_name(params.tracking.experiment_prefix, run.dataset)
+        experiment_id = tracking.get_or_create_experiment(client, name)
+        for run_id in tracking.close_orphaned_runs(client, [experiment_id]):
+            log.warning("MLflow run %s was left RUNNING by a dead process: marked KILLED", run_id)
+        summary = _train_all(params, run_name, data, experiment_id)
+        summary.update(experiment_name=name, tracking_uri=uri)
+        results = summary.pop("results")
+        _write_outputs(run_name, results, _preprocessing(data), summary)
+        # Only now: until the outputs are in place, a failed stage can resume from this state.
+        shutil.rmtree(paths.work_dir(run_name))
+    return summary
 
-    mlflow.set_tracking_uri(uri)
-    client = MlflowClient(uri)
-    name = tracking.experiment_name(params.tracking.experiment_prefix, run.dataset)
-    experiment_id = tracking.get_or_create_experiment(client, name)
-    tags = tracking.run_tags(run_name, data.meta["source_fingerprint"], dataset.split.protocol)
+
+def _train_all(
+    params: Params, run_name: str, data: PreparedData, experiment_id: str
+) -> dict[str, Any]:
+    """The parent run: every seed, the aggregates, the registration; returns the summary."""
+    run = params.run(run_name)
+    dataset = params.dataset(run.dataset)
+    tags = _parent_tags(params, run_name, data)
     parent_params = {
         "run": run.model_dump(mode="json"),
         "prepare": dataset.prepare.model_dump(mode="json"),
@@ -269,20 +344,22 @@ def run_train(params: Params, run_name: str) -> dict[str, Any]:
         registered = (
             _register(params, run, run_name, best) if params.tracking.register_models else None
         )
-
-    summary = {
+    return {
         "run": run_name,
         "dataset": run.dataset,
         "model": run.model,
         "experiment_id": experiment_id,
-        "experiment_name": name,
         "parent_run_id": parent.info.run_id,
-        "tracking_uri": uri,
         "seeds": [{key: r[key] for key in SUMMARY_SEED_KEYS} for r in results],
         "best_seed": best["seed"],
         "registered": registered,
+        "results": results,
     }
-    preprocessing = {
+
+
+def _preprocessing(data: PreparedData) -> dict[str, Any]:
+    """preprocessing.json: what a new image must be turned into for this model."""
+    return {
         "classes": data.classes,
         # The model's input is the prepared size; it resizes to run.image_size itself.
         "image_size": data.image_size,
@@ -290,7 +367,3 @@ def run_train(params: Params, run_name: str) -> dict[str, Any]:
         "aspect": data.meta["aspect"],
         "input": PREPROCESSING_INPUT,
     }
-    _write_outputs(run_name, results, preprocessing, summary)
-    # Only now: until the outputs are in place, a failed stage can resume from this state.
-    shutil.rmtree(work)
-    return summary

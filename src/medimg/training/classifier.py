@@ -1,7 +1,15 @@
-"""Random training augmentation as Keras layers, and where geometric augmentation runs.
+"""The trained classifier: input handling and random augmentation wrapped around a backbone.
 
-Keras's random layers are active only when the model is called with
-`training=True` (inside `fit`), so a saved model predicts deterministically.
+    uint8-range pixels (batch, H, W, C) "pixels"
+      -> [Resizing "resize" to the run's image_size]
+      -> [Rescaling 1/255 "rescale", when the backbone takes 0-1]
+      -> [RandomRotation "random_rotation", RandomZoom "random_zoom", GaussianNoise
+          "gaussian_noise": active in training only]
+      -> the model registry's backbone (a nested keras.Model named "backbone")
+
+so a saved model takes 0-255 pixels of the prepared size and needs no separate
+preprocessing code. Keras's random layers are active only when the model is called
+with `training=True` (inside `fit`), so a saved model predicts deterministically.
 
 Conventions match `medimg.data.augmentation` (the numpy version used by the
 augment stage and by the training loader): rotation uniform in
@@ -18,6 +26,7 @@ import keras
 from medimg.config import TrainAugmentConfig
 
 AugmentationSite = Literal["model", "loader"]
+PIXELS_INPUT = "pixels"
 
 # Pixels that come from outside the image: black, as in medimg.data.augmentation.
 FILL_MODE = "constant"
@@ -82,14 +91,15 @@ def zoom_factor_for_keras(zoom_range: tuple[float, float]) -> tuple[float, float
 
 
 def training_augmentation(
-    x: keras.KerasTensor, cfg: TrainAugmentConfig, geometric: bool
+    x: keras.KerasTensor, cfg: TrainAugmentConfig, geometric: bool, pixel_scale: float
 ) -> keras.KerasTensor:
-    """Apply the random augmentation of `cfg` to `x` (rescaled to 0-1), active in training only.
+    """Apply the random augmentation of `cfg` to `x`, active in training only.
 
     Args:
-        x: (batch, H, W, C) float pixels in 0-1.
+        x: (batch, H, W, C) float pixels, 0-`pixel_scale` (1.0 or 255.0).
         cfg: the run's augmentation settings.
         geometric: add RandomRotation and RandomZoom (False when the loader does them).
+        pixel_scale: the value of a white pixel in `x`; noise std is given on 0-255.
     """
     if geometric and cfg.rotation_deg > 0:
         x = keras.layers.RandomRotation(
@@ -108,5 +118,44 @@ def training_augmentation(
         )(x)
     if cfg.noise_std > 0:
         # Element-wise and cheap on every backend, so noise always stays in the model.
+        # Keras's GaussianNoise takes a std of at most 1, so a 0-255 input is brought to
+        # 0-1 around it (and back: the backbone scales its input itself).
+        if pixel_scale != 1.0:
+            x = keras.layers.Rescaling(1.0 / pixel_scale, name="noise_scale_in")(x)
         x = keras.layers.GaussianNoise(cfg.noise_std / 255.0, name="gaussian_noise")(x)
+        if pixel_scale != 1.0:
+            x = keras.layers.Rescaling(pixel_scale, name="noise_scale_out")(x)
     return x
+
+
+def assemble_classifier(
+    backbone: keras.Model,
+    input_shape: tuple[int, int, int],
+    input_range: Literal["unit", "pixels"],
+    augmentation: TrainAugmentConfig | None = None,
+    augment_in_model: bool = True,
+    name: str = "classifier",
+) -> keras.Model:
+    """Wrap `backbone` so that the model takes 0-255 pixels of `input_shape`.
+
+    Args:
+        backbone: a registry model (medimg.models); its input shape is the training size.
+        input_shape: (H, W, C) of the prepared arrays; resized to the backbone's H, W.
+        input_range: what the backbone takes: "unit" (0-1, a Rescaling is added)
+            or "pixels" (0-255; it scales them itself).
+        augmentation: random training augmentation; None for none.
+        augment_in_model: True: rotation and zoom are layers here; False: the loader
+            does them, and only the (cheap) Gaussian noise is a layer here.
+    """
+    inputs = keras.Input(shape=tuple(input_shape), name=PIXELS_INPUT)
+    x = inputs
+    height, width = backbone.input_shape[1], backbone.input_shape[2]
+    if (input_shape[0], input_shape[1]) != (height, width):
+        x = keras.layers.Resizing(height, width, name="resize")(x)
+    pixel_scale = 255.0
+    if input_range == "unit":
+        x = keras.layers.Rescaling(1.0 / 255.0, name="rescale")(x)
+        pixel_scale = 1.0
+    if augmentation is not None:
+        x = training_augmentation(x, augmentation, augment_in_model, pixel_scale)
+    return keras.Model(inputs, backbone(x), name=name)

@@ -1,0 +1,298 @@
+"""Training state on disk that a kill at any instant leaves usable.
+
+One seed's training writes, in its work folder:
+
+    history.csv      one row per finished epoch (0-based `epoch`, `phase`, `learning_rate`,
+                     every Keras log key)
+    best.keras       the best epoch by the run's monitor
+    state/           the resume state: state.json + the weights (model and optimizer) of
+                     the last finished epoch, and of the one before
+
+Every file is written beside its final name and renamed into place (os.replace is
+atomic on POSIX), with an fsync before the rename, so a SIGKILL or power cut leaves
+either the previous or the new version, never half a file. Keras's own
+BackupAndRestore and ModelCheckpoint rewrite their files in place: a kill right at
+an epoch boundary left `latest.weights.h5` half-written and every later resume
+failing with "bad object header version number".
+
+At an epoch's end the order is: history row, best checkpoint, then the resume
+state last. A resume trusts state.json and drops history rows after its epoch.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+STATE_DIR = "state"
+STATE_FILE = "state.json"
+EPOCH_COLUMN = "epoch"
+
+
+class ResumeStateError(RuntimeError):
+    """The saved training state cannot be used; the message says which file and what to do."""
+
+
+def fsync_write(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically: a sibling temporary file, fsync, rename."""
+    partial = path.with_name(f".{path.name}.partial")
+    with open(partial, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(partial, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename in `directory` durable (POSIX: fsync the folder itself)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+# ----------------------------------------------------------------------------- history
+
+
+def read_history(path: Path) -> dict[str, list[float]]:
+    """history.csv -> {column: values per epoch}, in epoch order, without the epoch column."""
+    if not Path(path).is_file():
+        return {}
+    with Path(path).open(newline="") as f:
+        rows = sorted(csv.DictReader(f), key=lambda row: int(row[EPOCH_COLUMN]))
+    keys = [key for key in (rows[0] if rows else {}) if key != EPOCH_COLUMN]
+    return {key: [float(row[key]) for row in rows] for key in keys}
+
+
+def write_history(path: Path, history: dict[str, list[float]]) -> None:
+    """Write {column: values per epoch} as history.csv (0-based epoch column first), atomically."""
+    keys = list(history)
+    n = len(history[keys[0]]) if keys else 0
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([EPOCH_COLUMN, *keys])
+    for epoch in range(n):
+        writer.writerow([epoch, *(repr(float(history[key][epoch])) for key in keys)])
+    fsync_write(Path(path), buffer.getvalue().encode())
+
+
+def truncate_history(history: dict[str, list[float]], epochs: int) -> dict[str, list[float]]:
+    """The first `epochs` epochs of `history` (rows written after the last saved state go)."""
+    return {key: values[:epochs] for key, values in history.items()}
+
+
+def best_epoch_index(values: Sequence[float], mode: str) -> int:
+    """0-based index of the first best value (a later equal value is no improvement)."""
+    array = np.asarray(values, dtype=float)
+    if array.size == 0 or np.isnan(array).all():
+        raise ValueError("every epoch's monitor value is NaN: the training diverged")
+    return int(np.nanargmax(array) if mode == "max" else np.nanargmin(array))
+
+
+# ----------------------------------------------------------------------------- resume state
+
+
+@dataclass(frozen=True)
+class SavedState:
+    """What state.json records: `epoch` epochs are finished; `phase` is the index of the
+    training phase whose compile state (optimizer) the weights file holds."""
+
+    epoch: int
+    phase: int
+    weights: str
+    previous: dict[str, Any] | None = None
+    finished: bool = False
+
+
+class ResumeState:
+    """The resume state of one seed's training: `<seed dir>/state/`."""
+
+    def __init__(self, seed_dir: Path) -> None:
+        self.directory = Path(seed_dir) / STATE_DIR
+        self.file = self.directory / STATE_FILE
+
+    def read(self) -> SavedState | None:
+        """The saved state, or None when no epoch has finished yet."""
+        if not self.file.is_file():
+            return None
+        try:
+            raw = json.loads(self.file.read_text())
+            return SavedState(
+                epoch=int(raw["epoch"]),
+                phase=int(raw["phase"]),
+                weights=str(raw["weights"]),
+                previous=raw.get("previous"),
+                finished=bool(raw.get("finished", False)),
+            )
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            # Written atomically, so this is damage from outside: say what to do.
+            raise ResumeStateError(
+                f"{self.file}: unreadable resume state ({err}); delete {self.directory.parent} "
+                "to train this seed afresh"
+            ) from None
+
+    def save(self, model: keras.Model, epoch: int, phase: int) -> None:
+        """Record that `epoch` epochs are finished, with the model's and optimizer's weights."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        current = self.read()
+        weights = self.directory / f"epoch-{epoch:04d}.weights.h5"
+        model.save_weights(weights)  # a fresh name: nothing reads it until state.json says so
+        _fsync_file(weights)
+        previous = (
+            None
+            if current is None
+            else {"epoch": current.epoch, "phase": current.phase, "weights": current.weights}
+        )
+        state = {"epoch": epoch, "phase": phase, "weights": weights.name, "previous": previous}
+        fsync_write(self.file, (json.dumps(state, indent=2) + "\n").encode())
+        keep = {weights.name, *([previous["weights"]] if previous else [])}
+        for old in self.directory.glob("epoch-*.weights.h5"):
+            if old.name not in keep:
+                old.unlink(missing_ok=True)
+
+    def mark_finished(self) -> None:
+        """Record that training ended (all epochs, or early stopping): nothing to resume."""
+        state = self.read()
+        if state is None:
+            raise ResumeStateError(f"{self.file}: no epoch was saved, so none can be finished")
+        raw = json.loads(self.file.read_text())
+        fsync_write(self.file, (json.dumps({**raw, "finished": True}, indent=2) + "\n").encode())
+
+    def restore(self, model: keras.Model, state: SavedState) -> SavedState:
+        """Load `state`'s weights into `model` (compiled for `state.phase`); return what was loaded.
+
+        Falls back to the previous epoch's state when the latest weights file cannot be
+        read (damaged from outside: the writes themselves are atomic).
+        """
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        try:
+            model.load_weights(self.directory / state.weights)
+            return state
+        except (OSError, ValueError, KeyError) as err:
+            if not state.previous:
+                raise ResumeStateError(
+                    f"{self.directory / state.weights}: cannot load the resume state ({err}); "
+                    f"delete {self.directory.parent} to train this seed afresh"
+                ) from None
+            log.warning(
+                "%s unreadable (%s); resuming from the epoch before",
+                self.directory / state.weights,
+                err,
+            )
+            previous = SavedState(**state.previous, previous=None)
+            model.load_weights(self.directory / previous.weights)
+            return previous
+
+
+# ----------------------------------------------------------------------------- callbacks
+
+
+class EpochRecorder(keras.callbacks.Callback):
+    """At every epoch's end: the history row, the best checkpoint, then the resume state.
+
+    One callback rather than three, because their order is what makes a kill at
+    any instant recoverable (see the module docstring).
+
+    Args:
+        seed_dir: the seed's work folder.
+        history: the rows of the epochs finished before this fit (they are kept).
+        monitor, mode: the checkpoint's metric and its direction ("max" or "min").
+        phase: the index of the training phase this fit runs (written with each row).
+    """
+
+    def __init__(
+        self,
+        seed_dir: Path,
+        history: dict[str, list[float]],
+        monitor: str,
+        mode: str,
+        phase: int,
+    ) -> None:
+        super().__init__()
+        self.seed_dir = Path(seed_dir)
+        self.history = {key: list(values) for key, values in history.items()}
+        self.monitor, self.mode, self.phase = monitor, mode, phase
+        self.state = ResumeState(seed_dir)
+        previous = self.history.get(monitor, [])
+        self.best = (
+            previous[best_epoch_index(previous, mode)]
+            if previous and not np.isnan(previous).all()
+            else None
+        )
+
+    def _improved(self, value: float) -> bool:
+        if math.isnan(value):
+            return False
+        if self.best is None:
+            return True
+        return value > self.best if self.mode == "max" else value < self.best
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        logs = {} if logs is None else logs
+        # Added to the logs Keras passes on, so later callbacks (the MLflow logger) see
+        # the phase on the curves too.
+        logs.update(phase=float(self.phase + 1), learning_rate=_learning_rate(self.model))
+        row = {key: float(value) for key, value in logs.items()}
+        n_before = len(next(iter(self.history.values()), []))
+        for key in row.keys() - self.history.keys():
+            self.history[key] = [math.nan] * n_before
+        for key in self.history:
+            self.history[key].append(row.get(key, math.nan))
+        write_history(self.seed_dir / "history.csv", self.history)
+
+        value = row.get(self.monitor, math.nan)
+        if self._improved(value):
+            self.best = value
+            partial = self.seed_dir / ".best.partial.keras"
+            self.model.save(partial)
+            _fsync_file(partial)
+            os.replace(partial, self.seed_dir / "best.keras")
+            fsync_dir(self.seed_dir)
+        self.state.save(self.model, epoch + 1, self.phase)
+
+
+def _learning_rate(model: keras.Model) -> float:
+    rate = model.optimizer.learning_rate
+    return float(keras.ops.convert_to_numpy(rate))
+
+
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """EarlyStopping that starts from the epochs finished before a resume or phase.
+
+    Keras's version resets its best value and patience counter at every fit();
+    here they are replayed from the monitor values already in the history.
+    """
+
+    def __init__(self, previous_values: Sequence[float], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.previous_values = list(previous_values)
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        super().on_train_begin(logs)
+        sign = 1.0 if self.mode == "max" else -1.0
+        for value in self.previous_values:  # the same rule as EarlyStopping.on_epoch_end
+            self.wait += 1
+            if self.best is None or sign * (value - self.best) > self.min_delta:
+                self.best = value
+                self.wait = 0
