@@ -8,14 +8,17 @@ Each stage runs as its own `medimg` process in a scratch root (MEDIMG_ROOT), so
 the repository's data/ is untouched. Peak resident memory is the largest sum of
 RSS over the stage's process tree (workers included), sampled every 0.1 s,
 with and without the file-backed pages of the memory-mapped outputs.
-Each stage runs --repeats times; the time is the median. Prints a table and
-writes the figures, counts and split reports as JSON.
+Each stage runs --repeats times; the time is the median, and the output folder must
+come out byte-identical every time (DVC hashes it). split and augment handle
+every protocol of `split.protocols` in one run. Prints a table and writes the figures,
+counts and split reports (one per protocol) as JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -32,6 +35,18 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("fetch", "split", "augment")
+OUTPUTS = {"fetch": "raw", "split": "splits", "augment": "prepared"}  # under data/
+
+
+def folder_digest(folder: Path) -> str:
+    """sha256 over every file's relative path and bytes: equal iff the folders are."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def tree_memory(proc: psutil.Process) -> tuple[int, int]:
@@ -72,6 +87,37 @@ def run_stage(stage: str, dataset: str, root: Path, params_file: Path) -> dict:
     }
 
 
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def describe_outputs(root: Path, dataset: str, protocols: list[str], stages: dict) -> dict:
+    """Counts, fingerprint, split reports and prepared sizes of one dataset's outputs.
+
+    Also adds images and images/s to each stage's figures in `stages`.
+    """
+    data = root / "data"
+    n = len(pd.read_csv(data / "raw" / dataset / "manifest.csv"))
+    prepared = {p: read_json(data / "prepared" / dataset / p / "meta.json") for p in protocols}
+    # augment prepares every protocol: its images are those of all of them
+    n_prepared = sum(sum(c.values()) for meta in prepared.values() for c in meta["counts"].values())
+    for stage, n_images in (("fetch", n), ("split", n), ("augment", n_prepared)):
+        stages[stage]["images"] = n_images
+        stages[stage]["images_per_second"] = round(n_images / stages[stage]["seconds"], 1)
+    fetch_report = read_json(data / "raw" / dataset / "fetch_report.json")
+    return {
+        "counts": fetch_report["counts"],
+        "fingerprint": fetch_report["fingerprint"],
+        "split_reports": {
+            p: read_json(data / "splits" / dataset / p / "split_report.json") for p in protocols
+        },
+        "prepared": {
+            p: {k: meta[k] for k in ("image_size", "channels", "counts")}
+            for p, meta in prepared.items()
+        },
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="full-local")
@@ -105,39 +151,19 @@ def main() -> None:
             entry: dict = {"stages": {}}
             for stage in STAGES:
                 # Each repeat re-runs the stage on the previous stage's output, in place.
-                runs = [run_stage(stage, dataset, root, params_file) for _ in range(args.repeats)]
+                runs, digests = [], set()
+                for _ in range(args.repeats):
+                    runs.append(run_stage(stage, dataset, root, params_file))
+                    digests.add(folder_digest(root / "data" / OUTPUTS[stage] / dataset))
                 entry["stages"][stage] = {
                     "seconds": statistics.median(r["seconds"] for r in runs),
                     "seconds_each": [r["seconds"] for r in runs],
                     "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
                     "peak_anonymous_mib": max(r["peak_anonymous_mib"] for r in runs),
+                    "output_identical_in_every_repeat": len(digests) == 1,
                 }
-            manifest = pd.read_csv(root / "data" / "raw" / dataset / "manifest.csv")
-            n = len(manifest)
-            prepared = json.loads((root / "data/prepared" / dataset / "meta.json").read_text())
-            n_prepared = sum(sum(c.values()) for c in prepared["counts"].values())
-            for stage, n_images in (("fetch", n), ("split", n), ("augment", n_prepared)):
-                s = entry["stages"][stage]
-                s["images"] = n_images
-                s["images_per_second"] = round(n_images / s["seconds"], 1)
-            fetch_report = json.loads(
-                (root / "data" / "raw" / dataset / "fetch_report.json").read_text()
-            )
-            entry["counts"] = fetch_report["counts"]
-            entry["fingerprint"] = fetch_report["fingerprint"]
-            entry["split_report"] = json.loads(
-                (root / "data" / "splits" / dataset / "split_report.json").read_text()
-            )
-            entry["prepared"] = {k: prepared[k] for k in ("image_size", "channels", "counts")}
-            # The thesis protocol on the same fetched data, to show how much it leaks.
-            thesis = json.loads(json.dumps(raw))
-            thesis["datasets"][dataset]["split"]["protocol"] = "thesis"
-            thesis_file = root / "params-thesis.yaml"
-            thesis_file.write_text(yaml.safe_dump(thesis, sort_keys=False))
-            entry["thesis_split"] = run_stage("split", dataset, root, thesis_file)
-            entry["thesis_split_report"] = json.loads(
-                (root / "data" / "splits" / dataset / "split_report.json").read_text()
-            )
+            protocols = raw["datasets"][dataset]["split"]["protocols"]
+            entry.update(describe_outputs(root, dataset, protocols, entry["stages"]))
             results["datasets"][dataset] = entry
 
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -85,7 +85,7 @@ def build_variant(
         num_classes=2,
         shuffle=True,
         seed=0,
-        augment=loader_augmentation(AUGMENT) if variant == "d loader" else None,
+        augment=loader_augmentation(AUGMENT, geometric=True) if variant == "d loader" else None,
         workers=args.workers if variant == "d loader" else 1,
     )
     return model, {"x": batches, "shuffle": False}

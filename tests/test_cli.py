@@ -9,10 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from medimg.cli import main
+from medimg.cli import build_parser, main
 
 REPO = Path(__file__).resolve().parents[1]
-SUBCOMMANDS = ("fetch", "split", "augment", "train", "evaluate", "predict", "params")
+SUBCOMMANDS = tuple(build_parser()._subparsers._group_actions[0].choices)
+STAGES = tuple(path.stem for path in sorted((REPO / "stages").glob("*.py")))
+
+
+def test_the_stages_and_commands_users_read_about_exist() -> None:
+    assert {"fetch", "split", "augment", "train", "evaluate", "report", "tune"} <= set(STAGES)
+    assert set(STAGES) <= set(SUBCOMMANDS)
+    assert {"predict", "params", "gpu-bundle", "import-results"} <= set(SUBCOMMANDS)
 
 
 @pytest.mark.parametrize("command", SUBCOMMANDS)
@@ -47,7 +54,7 @@ def test_invalid_params_file_fails_before_any_work(tmp_path: Path) -> None:
 
 
 def test_stage_scripts_call_the_cli() -> None:
-    for stage in ("fetch", "split", "augment", "train", "evaluate"):
+    for stage in STAGES:
         result = subprocess.run(
             [sys.executable, str(REPO / "stages" / f"{stage}.py"), "--help"],
             capture_output=True,

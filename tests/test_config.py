@@ -30,7 +30,9 @@ def test_full_profile_overrides_sources_and_sizes(raw: dict) -> None:
     full = parse_params({**raw, "profile": "full-local"})
     assert sample.datasets["chest_xray"].fetch.source == "data/sample/chest_xray"
     assert full.datasets["chest_xray"].fetch.source.endswith("chest_xray_224.zip")
-    assert full.datasets["chest_xray"].prepare.image_size == 600
+    # full-local's archive holds 224 px images; the full-resolution release is prepared at 600
+    assert full.datasets["chest_xray"].prepare.image_size == 224
+    assert parse_params({**raw, "profile": "full"}).datasets["chest_xray"].prepare.image_size == 600
     assert full.runs["xray_cnn"].repeats == 5
     # keys the profile does not name keep their base value
     assert full.datasets["brain_tumor_mri"].split == sample.datasets["brain_tumor_mri"].split
@@ -45,7 +47,7 @@ def test_full_profile_overrides_sources_and_sizes(raw: dict) -> None:
         ("runs.xray_cnn.batch_size", 0, "runs.xray_cnn.batch_size = 0"),
         ("runs.xray_cnn.dataset", "retina", "runs.xray_cnn.dataset = 'retina'"),
         ("datasets.chest_xray.channels", 2, "datasets.chest_xray.channels = 2"),
-        ("datasets.chest_xray.split.protocol", "random", "datasets.chest_xray.split.protocol"),
+        ("datasets.chest_xray.split.protocols", ["random"], "datasets.chest_xray.split.protocols"),
         ("datasets.chest_xray.prepare.offline_augment.zoom_range", [1.2, 1.0], "zoom_range"),
     ],
 )
@@ -60,7 +62,9 @@ def test_invalid_values_name_key_value_and_allowed(
 
 def test_unknown_model_lists_the_allowed_models(raw: dict) -> None:
     bad = apply_overrides(raw, {"runs.mri_cnn.model": "vgg"}, "test")
-    with pytest.raises(ParamsError, match=r"allowed: \['mri_cnn', 'xray_cnn'"):
+    with pytest.raises(
+        ParamsError, match=r"allowed: \['alexnet', 'efficientnet_b0', 'mri_cnn', 'xray_cnn'\]"
+    ):
         parse_params(bad)
 
 
@@ -99,3 +103,43 @@ def test_load_params_errors_name_the_file(tmp_path: Path) -> None:
     broken.write_text("profile: [unclosed\n")
     with pytest.raises(ParamsError, match="not valid YAML"):
         load_params(broken)
+
+
+def test_unknown_model_option_fails_naming_run_option_and_allowed(raw: dict) -> None:
+    raw["runs"]["mri_cnn"]["model_options"] = {"dropuot": 0.3}
+    with pytest.raises(ParamsError) as caught:
+        parse_params(raw)
+    message = str(caught.value)
+    assert "runs.mri_cnn.model_options.dropuot" in message and "unknown option" in message
+    assert "dropout" in message and "filters" in message  # what is allowed
+
+
+def test_ill_typed_model_option_fails_naming_the_value(raw: dict) -> None:
+    raw["runs"]["xray_cnn"]["model_options"] = {"feature_maps": "many"}
+    with pytest.raises(ParamsError, match=r"runs\.xray_cnn\.model_options\.feature_maps = 'many'"):
+        parse_params(raw)
+
+
+def test_fine_tuning_needs_an_epoch_after_the_frozen_ones(raw: dict) -> None:
+    run = raw["runs"]["xray_cnn"]
+    run["fine_tuning"] = {
+        "frozen_epochs": run["epochs"],
+        "unfreeze_top_blocks": 1,
+        "learning_rate": 1e-4,
+    }
+    with pytest.raises(ParamsError, match=r"runs\.xray_cnn\.fine_tuning\.frozen_epochs"):
+        parse_params(raw)
+
+
+def test_a_profile_extends_another(raw: dict) -> None:
+    raw["profiles"]["small-local"] = {
+        "extends": "full-local",
+        "datasets.chest_xray.prepare.image_size": 256,
+    }
+    params = parse_params({**raw, "profile": "small-local"})
+    assert params.datasets["chest_xray"].prepare.image_size == 256
+    assert params.datasets["chest_xray"].fetch.source.endswith("chest_xray_224.zip")
+    raw["profiles"]["loop-a"] = {"extends": "loop-b"}
+    raw["profiles"]["loop-b"] = {"extends": "loop-a"}
+    with pytest.raises(ParamsError, match="circle"):
+        parse_params({**raw, "profile": "loop-a"})

@@ -10,8 +10,11 @@ from hypothesis import strategies as st
 
 from medimg.data import duplicates
 from medimg.data.duplicates import (
+    dhash_to_words,
     leak_groups,
     near_duplicate_pairs,
+    neighbour_pairs,
+    pair_distances,
     phash_distances,
     phash_to_uint64,
 )
@@ -139,3 +142,74 @@ def test_leak_groups_reject_empty_group_id() -> None:
 def test_leak_groups_name_missing_columns() -> None:
     with pytest.raises(ValueError, match=r"\['sha256'\]"):
         leak_groups(manifest([("p", "a", FAR[0])]).drop(columns="sha256"), max_distance=4)
+
+
+def test_dhash_words_keep_imagehash_bit_order_and_distances_count_bits() -> None:
+    # 64 hex characters = four big-endian 64-bit words, first hex digit most significant.
+    words = dhash_to_words(["8" + "0" * 62 + "1", "0" * 63 + "3", "f" * 64])
+    assert words.shape == (3, 4)
+    assert words[0].tolist() == [2**63, 0, 0, 1]
+    pairs = np.array([[0, 1], [0, 2], [1, 2], [1, 1]])
+    # 0 vs 1: the top bit and bit 1 differ; 0 vs 2: 256 - 2; 1 vs 2: 256 - 2; itself: 0.
+    assert pair_distances(words, pairs).tolist() == [2, 254, 254, 0]
+
+
+def test_invalid_dhash_names_column_position_and_value() -> None:
+    with pytest.raises(ValueError, match=r"content_dhash at position 0 .*64 hex"):
+        dhash_to_words(["0123456789abcdef"], "content_dhash")
+
+
+def neighbour_manifest(rows: list[tuple[str, str, str]]) -> pd.DataFrame:
+    """(phash, dhash, content_dhash) per image, each image its own patient and bytes."""
+    return pd.DataFrame(
+        {
+            "path": [f"img{i}.png" for i in range(len(rows))],
+            "group_id": [f"p{i}" for i in range(len(rows))],
+            "sha256": [f"s{i}" for i in range(len(rows))],
+            "phash": [r[0] for r in rows],
+            "dhash": [r[1] for r in rows],
+            "content_dhash": [r[2] for r in rows],
+        }
+    )
+
+
+ZEROS, ONES = "0" * 64, "f" * 64
+
+
+def ones(bits: int) -> str:
+    """A dhash with its lowest `bits` bits set: `bits` away from ZEROS."""
+    return f"{(1 << bits) - 1:064x}"
+
+
+def test_neighbour_pairs_need_both_a_close_phash_and_a_close_dhash() -> None:
+    rows = [
+        ("0000000000000000", ZEROS, ZEROS),  # 0
+        ("000000000000003f", ones(30), ONES),  # 1: phash 6 from 0, dhash 30 from 0
+        ("000000000000003f", ONES, ones(31)),  # 2: phash 6 from 0, content dhash 31 from 0
+        ("0000000000fff000", ZEROS, ZEROS),  # 3: phash 12 from 0 (18 from 1, 2), dhashes 0's
+        ("ffffffffffffffff", ZEROS, ZEROS),  # 4: dhashes equal to 0's, phash 64 away
+    ]
+    frame = neighbour_manifest(rows)
+    # phash <= 8: pairs (0,1), (0,2), (1,2) are candidates. (0,1): dhash 30; (0,2): content
+    # dhash 31; (1,2): dhash 226, content dhash 225.
+    assert neighbour_pairs(frame, 8, 30).tolist() == [[0, 1]]
+    assert neighbour_pairs(frame, 8, 31).tolist() == [[0, 1], [0, 2]]
+    # phash <= 12 adds the candidate (0,3), whose dhashes are equal.
+    assert neighbour_pairs(frame, 12, 31).tolist() == [[0, 1], [0, 2], [0, 3]]
+    assert neighbour_pairs(frame, 12, 29).tolist() == [[0, 3]]
+
+
+def test_leak_groups_join_neighbours_only_when_asked() -> None:
+    rows = [
+        ("0000000000000000", ZEROS, ONES),  # 0
+        ("ffffffffffffffff", ONES, ONES),  # 1 alone
+        ("000000000000003f", ones(20), ones(200)),  # 2: neighbour of 0 (phash 6, dhash 20)
+    ]
+    frame = neighbour_manifest(rows)
+    assert leak_groups(frame, max_distance=4).tolist() == [0, 1, 2]
+    assert leak_groups(frame, max_distance=4, neighbours=(8, 20)).tolist() == [0, 1, 0]
+    assert leak_groups(frame, max_distance=4, neighbours=(8, 19)).tolist() == [0, 1, 2]
+    # Without the dhash columns: fine when not asked for, a named error when asked for.
+    assert leak_groups(frame.drop(columns="dhash"), max_distance=4).tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match=r"\['dhash'\]"):
+        leak_groups(frame.drop(columns="dhash"), max_distance=4, neighbours=(8, 20))

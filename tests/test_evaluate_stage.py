@@ -8,7 +8,10 @@ sqlite store, PNG files on disk.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,17 +19,25 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from mlflow import MlflowClient
 from PIL import Image
 
 from medimg import tracking
-from medimg.config import Params, parse_params
-from medimg.evaluation.evaluate_stage import EvaluateError, run_evaluate
+from medimg.config import Params, load_params, parse_params
+from medimg.evaluation.evaluate_stage import (
+    HEADLINE_METRICS,
+    EvaluateError,
+    headline_metrics,
+    run_evaluate,
+)
 from medimg.predict_image import PredictError, predict_image
+from medimg.reporting.thesis import load_thesis_results
 
 IMAGE_SIZE = 8
 RUN = "tiny_run"
 DATASET = "tiny"
+PROTOCOL = "official"
 SEEDS = (0, 1)
 BEST_SEED = 1
 PNGS = (
@@ -48,13 +59,14 @@ def make_params(classes: list[str]) -> Params:
                     "classes": classes,
                     "channels": 1,
                     "fetch": {"source": "unused.zip"},
-                    "split": {"protocol": "official"},
+                    "split": {"protocols": [PROTOCOL]},
                     "prepare": {"image_size": IMAGE_SIZE},
                 }
             },
             "runs": {
                 RUN: {
                     "dataset": DATASET,
+                    "split_protocol": PROTOCOL,
                     "model": "xray_cnn",
                     "epochs": 1,
                     "batch_size": 4,
@@ -76,7 +88,7 @@ def images_of(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def write_prepared(root: Path, classes: list[str], test_labels: np.ndarray) -> dict:
     rng = np.random.default_rng(0)
     k = len(classes)
-    directory = root / "data" / "prepared" / DATASET
+    directory = root / "data" / "prepared" / DATASET / PROTOCOL
     directory.mkdir(parents=True)
     labels = {"train": np.arange(24) % k, "val": np.arange(12) % k, "test": test_labels}
     for split, y in labels.items():
@@ -185,6 +197,7 @@ def build_setup(root: Path, classes: list[str], test_labels: np.ndarray) -> Setu
     return Setup(root, classes, make_params(classes), arrays, uri, parent.info.run_id, child_ids)
 
 
+REPO = Path(__file__).resolve().parents[1]
 BINARY = ["NORMAL", "PNEUMONIA"]
 MULTICLASS = ["glioma_tumor", "no_tumor", "pituitary_tumor"]
 
@@ -240,11 +253,11 @@ def test_run_evaluate_multiclass_with_a_class_absent_from_test(tmp_path: Path, u
 
 
 def check_evaluation(setup: Setup, report: dict) -> dict:
-    """Checks common to every task; returns metrics.json as read from disk."""
+    """Checks common to every task; returns details.json as read from disk."""
     at_root, classes = setup.root, setup.classes
     reports = at_root / "reports" / RUN
     assert not (at_root / "reports" / f"{RUN}.tmp").exists()
-    on_disk = json.loads((reports / "metrics.json").read_text())
+    on_disk = json.loads((reports / "details.json").read_text())
     assert on_disk == report
     assert on_disk["best_seed"] == BEST_SEED
     x_test, y_test = setup.arrays["test"]
@@ -261,6 +274,7 @@ def check_evaluation(setup: Setup, report: dict) -> dict:
     assert test_accuracy["std"] == pytest.approx(np.std(per_seed, ddof=1))
     assert test_accuracy["min"] == pytest.approx(min(per_seed))
     assert set(on_disk["val"]) >= {"accuracy", "balanced_accuracy", "roc_auc", "pr_auc", "log_loss"}
+    check_headline(json.loads((reports / "metrics.json").read_text()), on_disk, per_seed)
 
     # DVC plot data: one confusion row per test image, from the best seed.
     confusion = pd.read_csv(reports / "confusion_test.csv")
@@ -293,11 +307,80 @@ def check_evaluation(setup: Setup, report: dict) -> dict:
     assert {
         f"evaluation/{name}" for name in (*PNGS, "metrics.json", "roc_test.csv")
     } <= parent_artifacts
+    assert "evaluation/details.json" in parent_artifacts
     # Evaluation logs into the training's runs; it creates none of its own.
     experiment = client.get_experiment_by_name(f"medimg-{DATASET}")
     assert len(client.search_runs([experiment.experiment_id])) == 1 + len(SEEDS)
 
     return on_disk
+
+
+def check_headline(headline: dict, details: dict, test_accuracies: list[float]) -> None:
+    """metrics.json: the few numbers DVC shows, each from details.json, to 4 decimals."""
+    assert set(headline) == {*HEADLINE_METRICS, "seeds"}
+    assert headline["seeds"] == len(SEEDS)
+    assert headline["acc"] == pytest.approx(np.mean(test_accuracies), abs=5e-5)
+    assert headline["acc_std"] == pytest.approx(np.std(test_accuracies, ddof=1), abs=5e-5)
+    for key, (split, metric) in {
+        "auc": ("test", "roc_auc"),
+        "sens": ("test", "recall"),
+        "spec": ("test", "specificity"),
+        "val_acc": ("val", "accuracy"),
+        "val_auc": ("val", "roc_auc"),
+    }.items():
+        assert headline[key] == round(details[split][metric]["mean"], 4), key
+
+
+def test_headline_of_one_seed_has_no_std() -> None:
+    statistic = {"mean": 0.123456, "std": float("nan"), "min": 0.1, "max": 0.2}
+    details = {
+        split: {metric: statistic for _, metric, _ in HEADLINE_METRICS.values()}
+        for split in ("val", "test")
+    }
+    headline = headline_metrics({**details, "n_seeds": 1})
+    assert headline["acc"] == 0.1235 and headline["val_auc"] == 0.1235
+    assert headline["acc_std"] is None and headline["seeds"] == 1
+    json.dumps(headline, allow_nan=False)  # valid JSON for DVC: no NaN
+
+
+def test_dvc_metrics_show_fits_120_columns(tmp_path: Path) -> None:
+    """`dvc metrics show` prints a row per run and a column per key: it must stay a table.
+
+    Run names: params.yaml's and those the thesis comparison names (the longest planned).
+    """
+    thesis = load_thesis_results()
+    names = set(load_params(REPO / "params.yaml").runs)
+    for dataset in thesis.datasets:
+        names.update(thesis.compared_runs(dataset))
+    stage = {
+        "cmd": "true",
+        "metrics": [{f"reports/{n}/metrics.json": {"cache": False}} for n in sorted(names)],
+    }
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"evaluate": stage}}))
+    statistic = {"mean": 0.987654, "std": 0.012345, "min": 0.9, "max": 1.0}
+    details = {
+        split: {metric: statistic for _, metric, _ in HEADLINE_METRICS.values()}
+        for split in ("val", "test")
+    }
+    for name in names:
+        (tmp_path / "reports" / name).mkdir(parents=True)
+        headline = headline_metrics({**details, "n_seeds": 5})
+        (tmp_path / "reports" / name / "metrics.json").write_text(json.dumps(headline))
+    dvc = [sys.executable, "-m", "dvc"]
+    subprocess.run([*dvc, "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
+    shown = subprocess.run(
+        [*dvc, "metrics", "show"],
+        cwd=tmp_path,
+        env={**os.environ, "COLUMNS": "120"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    lines = shown.rstrip("\n").splitlines()
+    assert len(lines) == 1 + len(names)  # a header, then one row per run
+    assert lines[0].split() == ["Path", *sorted([*HEADLINE_METRICS, "seeds"])]
+    too_wide = [line for line in lines if len(line.rstrip()) > 120]
+    assert not too_wide, f"{len(too_wide[0].rstrip())} columns: {too_wide[0]}"
 
 
 def test_missing_summary_names_the_train_stage(tmp_path: Path, use_root):

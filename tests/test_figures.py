@@ -9,7 +9,8 @@ from PIL import Image
 
 from medimg.evaluation import figures
 from medimg.evaluation.metrics import classification_metrics, pr_points, roc_points
-from medimg.predict_image import PredictError, display_name, format_prediction
+from medimg.inference.captions import display_name, format_prediction
+from medimg.inference.errors import PredictError
 
 MRI = ["glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor"]
 

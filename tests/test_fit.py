@@ -44,6 +44,7 @@ def write_prepared(directory: Path, classes: list[str], n: int = 16, size: int =
 def xray_run(**overrides) -> RunConfig:
     settings = {
         "dataset": "chest_xray",
+        "split_protocol": "official",
         "model": "xray_cnn",
         "model_options": {"feature_maps": 4, "dense_units": [8, 8]},
         "epochs": 4,
@@ -143,6 +144,7 @@ def test_multiclass_fit_logs_auc_and_predicts_probabilities(tmp_path):
     data = load_prepared(tmp_path / "mri")
     run = RunConfig(
         dataset="mri",
+        split_protocol="pooled",
         model="mri_cnn",
         model_options={"filters": [4, 8], "dense_units": 8},
         epochs=2,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
@@ -358,3 +360,44 @@ def test_training_phases_follow_fine_tuning():
     assert frozen.learning_rate == 0.01
     assert (fine.first_epoch, fine.end_epoch, fine.trainable_top_blocks) == (2, 5, 3)
     assert fine.learning_rate == 1e-4
+
+
+def test_a_run_seeded_from_a_registered_mlflow_model_starts_from_its_weights(tmp_path, monkeypatch):
+    """The thesis's future work: the X-ray model's layers as the MRI model's starting point,
+    given as `models:/<name>@<alias>` (downloaded with MLflow's own client)."""
+    from tests.inference_support import log_and_register, save_model_folder
+
+    from medimg.training.train_stage import resolve_initial_weights
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    keras.utils.set_random_seed(7)
+    xray = build_backbone("alexnet", (32, 32, 1), 2, {"width": 0.05})
+    folder = save_model_folder(
+        tmp_path / "xray" / "seed-0",
+        assemble_classifier(xray, (32, 32, 1), "unit", name="alexnet"),
+        ["NORMAL", "PNEUMONIA"],
+        size=32,
+    )
+    log_and_register(folder, "medimg-chest_xray")
+    run = RunConfig(
+        dataset="d",
+        split_protocol="pooled",
+        model="alexnet",
+        epochs=1,
+        batch_size=2,
+        model_options={"width": 0.05, "weights": "models:/medimg-chest_xray@champion"},
+    )
+    local = resolve_initial_weights(run, tmp_path / "download")
+    assert (Path(local.model_options["weights"]) / "model.keras").is_file()
+    again = resolve_initial_weights(run, tmp_path / "download")  # downloaded once
+    assert again.model_options["weights"] == local.model_options["weights"]
+    mri = build_classifier(local, (32, 32, 3), 4, augment_in_model=True).get_layer("backbone")
+    for name in ("block2_conv", "block3_conv", "block5_conv"):  # the head is the new task's
+        for a, b in zip(
+            xray.get_layer(name).get_weights(), mri.get_layer(name).get_weights(), strict=True
+        ):
+            np.testing.assert_array_equal(a, b)
+    grey = xray.get_layer("block1_conv").get_weights()[0]
+    np.testing.assert_allclose(
+        mri.get_layer("block1_conv").get_weights()[0].sum(axis=2, keepdims=True), grey, rtol=1e-6
+    )

@@ -70,17 +70,34 @@ def test_fetch_counts_match_params(pipeline: dict) -> None:
         assert (repo / "data" / "raw" / name / manifest["path"].iloc[0]).is_file()
 
 
-def test_default_splits_do_not_leak(pipeline: dict) -> None:
-    for name in ("chest_xray", "brain_tumor_mri"):
+def _split_protocols(repo: Path) -> list[tuple[str, str]]:
+    """(dataset, protocol) for every protocol that params.yaml splits each dataset by."""
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    return [
+        (name, protocol)
+        for name, ds in params["datasets"].items()
+        for protocol in ds["split"]["protocols"]
+    ]
+
+
+def test_every_protocol_is_split_and_only_thesis_leaks(pipeline: dict) -> None:
+    repo = pipeline["repo"]
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    used_by_runs = {(run["dataset"], run["split_protocol"]) for run in params["runs"].values()}
+    assert used_by_runs <= set(_split_protocols(repo))
+    for name, protocol in _split_protocols(repo):
         report = json.loads(
-            (pipeline["repo"] / "data" / "splits" / name / "split_report.json").read_text()
+            (repo / "data" / "splits" / name / protocol / "split_report.json").read_text()
         )
-        assert report["leaky"] is False
+        assert report["protocol"] == protocol
+        assert report["leaky"] is (protocol == "thesis")
+        if protocol == "thesis":
+            continue
         assert all(v == 0 for v in report["duplicate_overlap"].values())
         if report["patient_overlap"] is not None:
             assert all(v == 0 for v in report["patient_overlap"].values())
         splits = {
-            s: pd.read_csv(pipeline["repo"] / "data" / "splits" / name / f"{s}.csv")
+            s: pd.read_csv(repo / "data" / "splits" / name / protocol / f"{s}.csv")
             for s in ("train", "val", "test")
         }
         assert all(len(df) > 0 for df in splits.values())
@@ -91,15 +108,18 @@ def test_default_splits_do_not_leak(pipeline: dict) -> None:
 
 def test_prepared_arrays(pipeline: dict) -> None:
     repo = pipeline["repo"]
-    for name, channels in (("chest_xray", 1), ("brain_tumor_mri", 3)):
-        meta = json.loads((repo / "data" / "prepared" / name / "meta.json").read_text())
+    channels = {"chest_xray": 1, "brain_tumor_mri": 3}
+    for name, protocol in _split_protocols(repo):
+        prepared = repo / "data" / "prepared" / name / protocol
+        meta = json.loads((prepared / "meta.json").read_text())
+        assert (meta["dataset"], meta["protocol"]) == (name, protocol)
         for split in ("train", "val", "test"):
-            x = np.load(repo / "data" / "prepared" / name / f"{split}_x.npy", mmap_mode="r")
-            y = np.load(repo / "data" / "prepared" / name / f"{split}_y.npy")
+            x = np.load(prepared / f"{split}_x.npy", mmap_mode="r")
+            y = np.load(prepared / f"{split}_y.npy")
             size = meta["image_size"]
-            assert x.dtype == np.uint8 and x.shape[1:] == (size, size, channels)
+            assert x.dtype == np.uint8 and x.shape[1:] == (size, size, channels[name])
             assert len(x) == len(y) == sum(meta["counts"][split].values())
-        assert (repo / "data" / "prepared" / name / "examples.png").stat().st_size > 0
+        assert (prepared / "examples.png").stat().st_size > 0
 
 
 def test_training_and_evaluation_outputs(pipeline: dict) -> None:
@@ -112,10 +132,13 @@ def test_training_and_evaluation_outputs(pipeline: dict) -> None:
         ]
         for seed in summary["seeds"]:
             assert (repo / "models" / run / seed["model"]).is_file()
-        metrics = json.loads((repo / "reports" / run / "metrics.json").read_text())
+        details = json.loads((repo / "reports" / run / "details.json").read_text())
         for split in ("val", "test"):
-            acc = metrics[split]["accuracy"]
+            acc = details[split]["accuracy"]
             assert 0.0 <= acc["min"] <= acc["mean"] <= acc["max"] <= 1.0
+        headline = json.loads((repo / "reports" / run / "metrics.json").read_text())
+        assert headline["seeds"] == cfg["repeats"]
+        assert headline["acc"] == round(details["test"]["accuracy"]["mean"], 4)
         for name in ("confusion_test.csv", "roc_test.csv", "pr_test.csv", "predictions_test.png"):
             assert (repo / "reports" / run / name).stat().st_size > 0
 
@@ -154,17 +177,31 @@ def test_second_repro_reruns_nothing(pipeline: dict) -> None:
 
 
 def test_dvc_metrics_show(pipeline: dict) -> None:
-    shown = _run([*pipeline["dvc"], "metrics", "show"], pipeline["repo"], pipeline["env"])
-    assert "reports/xray_cnn/metrics.json" in shown
+    env = {**pipeline["env"], "COLUMNS": "120"}
+    shown = _run([*pipeline["dvc"], "metrics", "show"], pipeline["repo"], env)
+    runs = yaml.safe_load((pipeline["repo"] / "params.yaml").read_text())["runs"]
+    rows = [line for line in shown.splitlines() if line.startswith("reports/")]
+    # One row per run, each a line of at most 120 columns: a table, not one long line.
+    assert sorted(row.split()[0] for row in rows) == sorted(
+        f"reports/{run}/metrics.json" for run in runs
+    )
+    assert all(len(row.rstrip()) <= 120 for row in rows), rows
 
 
 def test_predict_a_new_image(pipeline: dict) -> None:
     repo = pipeline["repo"]
     image = next((repo / "data" / "sample" / "chest_xray").rglob("*.jpeg"))
     model = "models/xray_cnn/seed-0"
-    out = _run(
-        [sys.executable, "-m", "medimg.cli", "predict", "--model", model, str(image)],
-        repo,
-        pipeline["env"],
-    )
+    predict = [sys.executable, "-m", "medimg.cli", "predict", "--model", model]
+    out = _run([*predict, str(image)], repo, pipeline["env"])
     assert "probability" in out
+    # A whole folder, as JSON: every sample image classified, probabilities summing to 1.
+    folder, results = image.parent, repo / "predictions.json"
+    _run(
+        [*predict, "--format", "json", "--output", str(results), str(folder)], repo, pipeline["env"]
+    )
+    document = json.loads(results.read_text())
+    n_images = len(list(folder.rglob("*.jpeg")))
+    assert document["counts"] == {"ok": n_images}
+    for result in document["results"]:
+        assert sum(result["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)

@@ -10,11 +10,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from medimg.config import DatasetConfig
+from medimg.config import DatasetConfig, SplitConfig
 from medimg.data.prepare import PrepareError, load_image, prepare_dataset
 
 CLASSES = ["NORMAL", "PNEUMONIA"]
 SIZE = 16
+PROTOCOL = "official"
 SPLIT_COLUMNS = ["path", "label", "source_split", "group_id", "sha256", "width", "height"]
 SPLIT_COLUMNS += ["mode", "phash", "leak_group"]
 
@@ -26,7 +27,7 @@ def _config(channels: int = 1, copies: int = 0, workers: int = 1, aspect: str = 
             "classes": CLASSES,
             "channels": channels,
             "fetch": {"source": "unused.zip"},
-            "split": {"protocol": "official"},
+            "split": {"protocols": [PROTOCOL]},
             "prepare": {
                 "image_size": SIZE,
                 "aspect": aspect,
@@ -56,9 +57,12 @@ def _write_image(path: Path, index: int, mode: str) -> None:
 
 @pytest.fixture
 def dataset(tmp_path: Path) -> tuple[Path, Path]:
-    """data/raw/ds with 3 train, 2 val, 2 test images per class (mixed L/RGB, JPEG/PNG)."""
+    """data/raw/ds with 3 train, 2 val, 2 test images per class (mixed L/RGB, JPEG/PNG).
+
+    Returns (raw, splits): the split CSVs are in splits/PROTOCOL/.
+    """
     raw, splits = tmp_path / "data" / "raw" / "ds", tmp_path / "data" / "splits" / "ds"
-    splits.mkdir(parents=True)
+    (splits / PROTOCOL).mkdir(parents=True)
     index = 0
     for split, per_class in (("train", 3), ("val", 2), ("test", 2)):
         rows = []
@@ -72,25 +76,27 @@ def dataset(tmp_path: Path) -> tuple[Path, Path]:
                 )
                 index += 1
         table = pd.DataFrame(rows).reindex(columns=SPLIT_COLUMNS, fill_value="x")
-        table.to_csv(splits / f"{split}.csv", index=False)
+        table.to_csv(splits / PROTOCOL / f"{split}.csv", index=False)
     (raw / "fetch_report.json").write_text(json.dumps({"fingerprint": "ab" * 32}))
     return raw, splits
 
 
 def _plain_decode(raw: Path, splits: Path, split: str, channels: int) -> np.ndarray:
-    table = pd.read_csv(splits / f"{split}.csv")
+    table = pd.read_csv(splits / PROTOCOL / f"{split}.csv")
     return np.stack([load_image(raw / p, channels, SIZE, "stretch") for p in table["path"]])
 
 
 def _prepare(dataset, dest: Path, **config) -> dict:
+    """prepare_dataset with PROTOCOL only; returns its meta (its files are in dest/PROTOCOL)."""
     raw, splits = dataset
-    return prepare_dataset("ds", _config(**config), raw=raw, splits=splits, dest=dest)
+    return prepare_dataset("ds", _config(**config), raw=raw, splits=splits, dest=dest)[PROTOCOL]
 
 
 @pytest.mark.parametrize("channels", [1, 3])
 def test_arrays_have_the_contract_shapes_dtypes_and_labels(dataset, tmp_path, channels) -> None:
     dest = tmp_path / "prepared" / "ds"
     meta = _prepare(dataset, dest, channels=channels)
+    dest = dest / PROTOCOL
     for split, n in (("train", 6), ("val", 4), ("test", 4)):
         x, y = np.load(dest / f"{split}_x.npy"), np.load(dest / f"{split}_y.npy")
         assert x.shape == (n, SIZE, SIZE, channels) and x.dtype == np.uint8
@@ -105,6 +111,8 @@ def test_arrays_have_the_contract_shapes_dtypes_and_labels(dataset, tmp_path, ch
         "test": {"NORMAL": 2, "PNEUMONIA": 2},
     }
     assert meta["source_fingerprint"] == "ab" * 32
+    assert meta["protocol"] == PROTOCOL
+    assert "seconds" not in meta  # a run time would change the output on every run
     assert json.loads((dest / "meta.json").read_text()) == meta
     with Image.open(dest / "examples.png") as grid:
         assert grid.format == "PNG"
@@ -113,6 +121,7 @@ def test_arrays_have_the_contract_shapes_dtypes_and_labels(dataset, tmp_path, ch
 def test_arrays_are_memory_mappable(dataset, tmp_path) -> None:
     dest = tmp_path / "prepared" / "ds"
     _prepare(dataset, dest)
+    dest = dest / PROTOCOL
     x = np.load(dest / "train_x.npy", mmap_mode="r")
     assert isinstance(x, np.memmap) and x.shape == (6, SIZE, SIZE, 1)
 
@@ -140,6 +149,7 @@ def test_pad_keeps_the_aspect_ratio_with_centred_black_bars(tmp_path) -> None:
 def test_offline_augmentation_applies_to_train_only(dataset, tmp_path) -> None:
     dest = tmp_path / "prepared" / "ds"
     meta = _prepare(dataset, dest, copies=2)
+    dest = dest / PROTOCOL
     x, y = np.load(dest / "train_x.npy"), np.load(dest / "train_y.npy")
     rows = pd.read_csv(dest / "train.csv")
     plain = _plain_decode(*dataset, "train", 1)
@@ -162,6 +172,7 @@ def test_output_does_not_depend_on_the_number_of_workers(dataset, tmp_path) -> N
     one, two = tmp_path / "one" / "ds", tmp_path / "two" / "ds"
     _prepare(dataset, one, copies=1, workers=1)
     _prepare(dataset, two, copies=1, workers=2)
+    one, two = one / PROTOCOL, two / PROTOCOL
     for name in ("train_x.npy", "train_y.npy", "val_x.npy", "test_x.npy", "train.csv"):
         assert (one / name).read_bytes() == (two / name).read_bytes(), name
 
@@ -170,27 +181,27 @@ def test_a_failure_leaves_the_previous_output_untouched(dataset, tmp_path) -> No
     raw, _ = dataset
     dest = tmp_path / "prepared" / "ds"
     _prepare(dataset, dest)
-    before = {p.name: p.read_bytes() for p in dest.iterdir()}
+    before = {p.name: p.read_bytes() for p in (dest / PROTOCOL).iterdir()}
     broken = raw / "images" / "test" / "PNEUMONIA" / "img13.png"
     broken.write_bytes(b"not an image")
     with pytest.raises(PrepareError, match=r"img13\.png"):
         _prepare(dataset, dest, copies=1)
-    assert {p.name: p.read_bytes() for p in dest.iterdir()} == before
+    assert {p.name: p.read_bytes() for p in (dest / PROTOCOL).iterdir()} == before
     assert [p.name for p in dest.parent.iterdir()] == ["ds"]  # no temporary folder left
 
 
 def test_unknown_label_names_the_file_and_the_label(dataset, tmp_path) -> None:
     _, splits = dataset
-    table = pd.read_csv(splits / "val.csv")
+    table = pd.read_csv(splits / PROTOCOL / "val.csv")
     table.loc[1, "label"] = "COVID"
-    table.to_csv(splits / "val.csv", index=False)
+    table.to_csv(splits / PROTOCOL / "val.csv", index=False)
     with pytest.raises(PrepareError, match=r"val\.csv.*img7\.png.*'COVID'"):
         _prepare(dataset, tmp_path / "prepared" / "ds")
 
 
 def test_missing_split_csv_says_which_stage_to_run(dataset, tmp_path) -> None:
     _, splits = dataset
-    (splits / "test.csv").unlink()
+    (splits / PROTOCOL / "test.csv").unlink()
     with pytest.raises(PrepareError, match=r"dvc repro split@ds"):
         _prepare(dataset, tmp_path / "prepared" / "ds")
 
@@ -200,3 +211,37 @@ def test_missing_image_names_the_file(dataset, tmp_path) -> None:
     (raw / "images" / "train" / "NORMAL" / "img1.png").unlink()
     with pytest.raises(PrepareError, match=r"img1\.png"):
         _prepare(dataset, tmp_path / "prepared" / "ds")
+
+
+def test_every_protocol_is_prepared_side_by_side(dataset, tmp_path) -> None:
+    raw, splits = dataset
+    # A second protocol: the same images with val and test swapped.
+    (splits / "thesis").mkdir()
+    for split, other in (("train", "train"), ("val", "test"), ("test", "val")):
+        (splits / "thesis" / f"{split}.csv").write_bytes(
+            (splits / PROTOCOL / f"{other}.csv").read_bytes()
+        )
+    cfg = _config().model_copy(update={"split": SplitConfig(protocols=[PROTOCOL, "thesis"])})
+    dest = tmp_path / "prepared" / "ds"
+
+    metas = prepare_dataset("ds", cfg, raw=raw, splits=splits, dest=dest)
+
+    assert sorted(metas) == sorted(p.name for p in dest.iterdir()) == [PROTOCOL, "thesis"]
+    for protocol, meta in metas.items():
+        assert meta["protocol"] == protocol
+        assert json.loads((dest / protocol / "meta.json").read_text()) == meta
+    for split, other in (("val", "test"), ("test", "val")):
+        thesis_x = np.load(dest / "thesis" / f"{split}_x.npy")
+        assert np.array_equal(thesis_x, np.load(dest / PROTOCOL / f"{other}_x.npy"))
+        assert np.array_equal(thesis_x, _plain_decode(raw, splits, other, 1))
+
+
+def test_a_protocol_without_splits_names_the_split_stage_and_writes_nothing(
+    dataset, tmp_path
+) -> None:
+    raw, splits = dataset
+    cfg = _config().model_copy(update={"split": SplitConfig(protocols=[PROTOCOL, "pooled"])})
+    dest = tmp_path / "prepared" / "ds"
+    with pytest.raises(PrepareError, match=r"pooled/train\.csv: not found.*dvc repro split@ds"):
+        prepare_dataset("ds", cfg, raw=raw, splits=splits, dest=dest)
+    assert not dest.exists()

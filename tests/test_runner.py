@@ -182,3 +182,17 @@ def test_import_of_a_folder_that_is_not_results_fails(tmp_path: Path) -> None:
     with pytest.raises(ResultsError, match=r"manifest\.json: not found"):
         import_results(tmp_path)
     shutil.rmtree(tmp_path)
+
+
+def test_import_reads_the_archive_a_device_call_returns(
+    chunks: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tarfile
+
+    packed = tmp_path / "results.tar.gz"
+    with tarfile.open(packed, "w:gz") as archive:
+        archive.add(chunks[0], arcname="results")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parents = import_results(packed)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert client.get_run(parents["tiny"]).data.tags["medimg.imported"] == "true"

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from medimg import tracking
+from medimg import tracking, tracking_callbacks
 
 
 @pytest.fixture(scope="module")
@@ -102,17 +102,6 @@ def test_server_health_decides_reachability(health_server: tuple[str, type[_Heal
         tracking.ensure_reachable(uri)
 
 
-def test_sqlite_store_whose_folder_cannot_be_made_fails(tmp_path: Path) -> None:
-    blocker = tmp_path / "a-file"
-    blocker.write_text("not a folder")
-    uri = f"sqlite:///{blocker / 'mlruns' / 'mlflow.db'}"
-    with pytest.raises(tracking.TrackingError, match="cannot create"):
-        tracking.ensure_reachable(uri)
-    good = tmp_path / "new" / "mlruns" / "mlflow.db"
-    tracking.ensure_reachable(f"sqlite:///{good}")
-    assert good.parent.is_dir()
-
-
 def test_default_store_is_sqlite_under_root_with_artifacts_beside_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -145,7 +134,7 @@ def test_epoch_logger_logs_every_epoch_and_continues_steps_on_resume(
     model.compile(optimizer="sgd", loss="binary_crossentropy", metrics=["accuracy"])
     x = np.random.default_rng(0).normal(size=(8, 4)).astype("float32")
     y = (x[:, 0] > 0).astype("float32")
-    logger = tracking.MlflowEpochLogger(run_id)
+    logger = tracking_callbacks.MlflowEpochLogger(run_id)
     model.fit(x, y, validation_data=(x, y), epochs=2, verbose=0, callbacks=[logger])
     # a resumed fit starts at the epoch where the interrupted one stopped
     model.fit(x, y, epochs=3, initial_epoch=2, verbose=0, callbacks=[logger])
@@ -212,18 +201,8 @@ def _logged_model(experiment_id: str, run_name: str) -> tuple[str, str]:
     layers = [keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Dense(1)]
     model = keras.Sequential(layers)
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
-        model_id = tracking.log_keras_model(model, np.zeros((2, 4, 4, 1), dtype=np.uint8))
+        model_id = mlflow.keras.log_model(model, name="model").model_id
     return model_id, run.info.run_id
-
-
-def test_logged_model_has_signature_and_input_example(experiment_id: str) -> None:
-    model_id, _ = _logged_model(experiment_id, "a")
-    model_info = mlflow.models.get_model_info(f"models:/{model_id}")
-    assert model_info.signature.inputs.to_dict()[0]["tensor-spec"]["dtype"] == "uint8"
-    files = {f.path for f in mlflow.artifacts.list_artifacts(f"models:/{model_id}")}
-    assert {"MLmodel", "input_example.npy", "data"} <= files
-    reloaded = mlflow.keras.load_model(f"models:/{model_id}")
-    assert reloaded.input_shape == (None, 4, 4, 1)
 
 
 def test_champion_alias_follows_the_best_validation_auc(

@@ -24,6 +24,7 @@ EPOCHS = 2
 def _params() -> Params:
     run = {
         "dataset": "chest_xray",
+        "split_protocol": "official",
         "model": "xray_cnn",
         "model_options": {"feature_maps": 4, "dense_units": [8]},
         "epochs": EPOCHS,
@@ -39,7 +40,7 @@ def _params() -> Params:
                 "classes": CLASSES,
                 "channels": 1,
                 "fetch": {"source": "data/sample/chest_xray"},
-                "split": {"protocol": "official"},
+                "split": {"protocols": ["official"]},
                 "prepare": {"image_size": SIZE},
             }
         },
@@ -51,7 +52,7 @@ def _params() -> Params:
 
 def _write_prepared(root: Path) -> None:
     """24 train, 8 val, 8 test images, 32x32x1, in the augment stage's format."""
-    directory = root / "data" / "prepared" / "chest_xray"
+    directory = root / "data" / "prepared" / "chest_xray" / "official"
     directory.mkdir(parents=True)
     rng = np.random.default_rng(0)
     counts = {}
@@ -121,6 +122,8 @@ def test_summary_and_model_folder_follow_the_contract(trained: tuple[Path, dict,
             "image_size": SIZE,
             "channels": 1,
             "aspect": "stretch",
+            "normalize": "none",
+            "crop": "none",
             "input": "uint8 0-255 pixels, shape (batch, H, W, C); the model rescales",
         }
     best = max(summary["seeds"], key=lambda s: s["best_val_auc"])
@@ -144,7 +147,7 @@ def test_parent_and_child_runs_hold_params_metrics_and_artifacts(
     assert parent.data.tags["medimg.run"] == "tiny"
     assert parent.data.params["run.epochs"] == str(EPOCHS)
     assert parent.data.params["prepare.image_size"] == str(SIZE)
-    assert parent.data.params["split.protocol"] == "official"
+    assert parent.data.params["run.split_protocol"] == "official"
 
     children = client.search_runs(
         [summary["experiment_id"]], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"

@@ -27,7 +27,7 @@ def write_prepared(directory: Path, n: int = 10, size: int = 8, channels: int = 
         x = rng.integers(0, 256, (n, size, size, channels), dtype=np.uint8)
         np.save(directory / f"{split}_x.npy", x)
         np.save(directory / f"{split}_y.npy", np.arange(n, dtype=np.int64) % 2)
-    meta = {"dataset": directory.name, "classes": CLASSES, "channels": channels, "image_size": size}
+    meta = {"dataset": "chest_xray", "classes": CLASSES, "channels": channels, "image_size": size}
     (directory / "meta.json").write_text(json.dumps(meta))
 
 
@@ -43,12 +43,13 @@ def test_load_prepared_memory_maps_every_split(tmp_path):
 
 
 def test_missing_output_names_the_file_and_the_stage(tmp_path):
+    folder = tmp_path / "chest_xray" / "official"  # data/prepared/<dataset>/<protocol>
     with pytest.raises(FileNotFoundError, match=r"dvc repro augment@chest_xray"):
-        load_prepared(tmp_path / "chest_xray")
-    write_prepared(tmp_path / "chest_xray")
-    (tmp_path / "chest_xray" / "val_y.npy").unlink()
+        load_prepared(folder)
+    write_prepared(folder)
+    (folder / "val_y.npy").unlink()
     with pytest.raises(FileNotFoundError, match=r"val_y\.npy.*augment@chest_xray"):
-        load_prepared(tmp_path / "chest_xray")
+        load_prepared(folder)
 
 
 def test_mismatched_arrays_are_rejected(tmp_path):
@@ -114,7 +115,7 @@ def test_unshuffled_batches_keep_file_order_and_binary_labels_are_float():
 def test_loader_augmentation_depends_on_epoch_and_batch_not_on_fetch_order():
     x = np.random.default_rng(0).integers(0, 256, (12, 16, 16, 1), dtype=np.uint8)
     y = np.zeros(12, np.int64)
-    augment = loader_augmentation(TrainAugmentConfig(rotation_deg=10, zoom_range=(1.0, 1.3)))
+    augment = loader_augmentation(TrainAugmentConfig(rotation_deg=10, zoom_range=(1.0, 1.3)), True)
     forward = ArrayBatches(x, y, 4, 2, shuffle=True, seed=3, augment=augment)
     backward = ArrayBatches(x, y, 4, 2, shuffle=True, seed=3, augment=augment)
     out_forward = [forward[i][0] for i in range(3)]

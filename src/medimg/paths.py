@@ -19,14 +19,24 @@ def raw_dir(dataset: str) -> Path:
     return root() / "data" / "raw" / dataset
 
 
-def splits_dir(dataset: str) -> Path:
-    """split output: train.csv, val.csv, test.csv, split_report.json."""
+def splits_root(dataset: str) -> Path:
+    """split output (one DVC out): a splits_dir per protocol of the dataset."""
     return root() / "data" / "splits" / dataset
 
 
-def prepared_dir(dataset: str) -> Path:
-    """augment output: <split>_x.npy, <split>_y.npy, <split>.csv, meta.json, examples.png."""
+def splits_dir(dataset: str, protocol: str) -> Path:
+    """One protocol's split: train.csv, val.csv, test.csv, split_report.json."""
+    return splits_root(dataset) / protocol
+
+
+def prepared_root(dataset: str) -> Path:
+    """augment output (one DVC out): a prepared_dir per protocol of the dataset."""
     return root() / "data" / "prepared" / dataset
+
+
+def prepared_dir(dataset: str, protocol: str) -> Path:
+    """One protocol's arrays: <split>_x.npy, <split>_y.npy, <split>.csv, meta.json, examples.png."""
+    return prepared_root(dataset) / protocol
 
 
 def models_dir(run: str) -> Path:

@@ -8,28 +8,30 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import logging
 import math
 import os
 import re
+import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlparse
+from urllib.parse import quote, urlparse, urlsplit, urlunsplit
+from urllib.request import url2pathname
 
-import keras
 import mlflow
-import numpy as np
 import requests
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Run
+from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
 import medimg
 from medimg import paths
+
+log = logging.getLogger(__name__)
 
 # MLflow's local store accepts 6,000 characters, but older servers and Databricks
 # reject param values over 500; staying under the lower limit keeps runs portable.
@@ -59,41 +61,143 @@ def _sqlite_path(uri: str) -> Path | None:
     return None if path in ("", ":memory:") else Path(path)
 
 
-def ensure_reachable(uri: str | None = None, timeout_s: float = 10) -> None:
-    """Fail fast, naming `uri`, when the tracking store cannot be used.
+def masked_uri(uri: str) -> str:
+    """`uri` with its password, if any, shown as *** (for messages and logs)."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
-    http(s): one GET of the server's /health endpoint (MLflow's own client would
-    retry for minutes). sqlite: the database's folder must exist or be creatable
-    and be writable. Other stores: one cheap query through MlflowClient.
+
+def one_line(text: object) -> str:
+    """`text` with every run of whitespace (newlines too) made one space."""
+    return " ".join(str(text).split())
+
+
+def ensure_reachable(
+    uri: str | None = None, timeout_s: float = 10, experiment: str | None = None
+) -> None:
+    """Fail fast, with one line naming the store (password masked), when it cannot be used.
+
+    Checked before any training, so that a bad store costs seconds, not a training:
+    - http(s): one GET of the server's /health (MLflow's client retries for minutes);
+    - sqlite: the database's folder exists (only the project's mlruns/ is created:
+      MLflow would silently create any other, even at the filesystem root), it and
+      an existing database file are writable, and so is the local artifact folder
+      of `experiment` (or, without one, the store's artifacts/ folder);
+    - postgresql: a connection within `timeout_s` (MLflow's engine retries for
+      about 100 s), then one query through MlflowClient, as for any other store.
     """
     uri = uri or tracking_uri()
     scheme = urlparse(uri).scheme
     if scheme in ("http", "https"):
+        _check_server(uri, timeout_s)
+        return
+    if scheme == "sqlite":
+        _check_sqlite_store(uri)
+        ensure_artifacts_writable(artifact_location(experiment or "", uri), uri)
+        return
+    if scheme.split("+")[0] in ("postgresql", "postgres"):
+        _check_postgresql(uri, timeout_s)
+    try:
+        MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as err:  # any failure means the store is unusable; say which
+        raise TrackingError(
+            f"MLflow store {masked_uri(uri)} is not usable: {one_line(err)}"
+        ) from None
+
+
+def _check_server(uri: str, timeout_s: float) -> None:
+    try:
+        response = requests.get(uri.rstrip("/") + "/health", timeout=timeout_s)
+        response.raise_for_status()
+    except requests.RequestException as err:
+        raise TrackingError(
+            f"MLflow tracking server {masked_uri(uri)} is not reachable "
+            f"({type(err).__name__}: {one_line(err)}); "
+            "start the server or point MLFLOW_TRACKING_URI at a running one"
+        ) from None
+
+
+def _check_sqlite_store(uri: str) -> None:
+    db = _sqlite_path(uri)
+    if db is None:
+        return
+    folder = db.parent
+    if not folder.exists() and folder.resolve() == paths.mlruns_dir():
         try:
-            response = requests.get(uri.rstrip("/") + "/health", timeout=timeout_s)
-            response.raise_for_status()
-        except requests.RequestException as err:
-            raise TrackingError(
-                f"MLflow tracking server {uri} is not reachable ({type(err).__name__}: {err}); "
-                "start the server or point MLFLOW_TRACKING_URI at a running one"
-            ) from None
-    elif scheme == "sqlite":
-        db = _sqlite_path(uri)
-        if db is None:
-            return
-        try:
-            db.parent.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(parents=True)
         except OSError as err:
             raise TrackingError(
-                f"MLflow store {uri}: cannot create the folder {db.parent} ({err})"
+                f"MLflow store {uri}: cannot create the folder {folder} ({err.strerror})"
             ) from None
-        if not os.access(db.parent, os.W_OK):
-            raise TrackingError(f"MLflow store {uri}: the folder {db.parent} is not writable")
-    else:
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise TrackingError(
+            f"MLflow store {uri}: the folder {folder} {what}; create it "
+            "or point MLFLOW_TRACKING_URI at a database in an existing folder"
+        )
+    _check_writable_folder(folder, f"MLflow store {uri}")
+    if db.is_file():
         try:
-            MlflowClient(uri).search_experiments(max_results=1)
-        except Exception as err:  # any failure means the store is unusable; say which
-            raise TrackingError(f"MLflow store {uri} is not usable: {err}") from None
+            db.open("r+b").close()
+        except OSError as err:
+            raise TrackingError(
+                f"MLflow store {uri}: the database file {db} is not writable ({err.strerror}); "
+                "make it writable or point MLFLOW_TRACKING_URI at another store"
+            ) from None
+
+
+def _check_writable_folder(folder: Path, what: str) -> None:
+    """A TrackingError unless a file can really be created in `folder`.
+
+    A real file, as MLflow will write one: whatever refuses it (permission bits,
+    an immutable flag, a read-only mount, a network filesystem squashing root)
+    refuses the check too.
+    """
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".medimg-write-check-"):
+            pass
+    except OSError as err:
+        raise TrackingError(
+            f"{what}: the folder {folder} is not writable ({err.strerror}); "
+            "make it writable or point MLFLOW_TRACKING_URI at another store"
+        ) from None
+
+
+def ensure_artifacts_writable(location: str | None, uri: str | None = None) -> None:
+    """A TrackingError when the local artifact folder `location` (a file: URI) cannot be written.
+
+    The folder is created on the first logged artifact, so a missing one is fine
+    when its nearest existing parent is writable. Remote locations (a tracking
+    server's mlflow-artifacts:, s3:) are the server's or the bucket's concern.
+    """
+    if location is None or urlparse(location).scheme not in ("file", ""):
+        return
+    folder = Path(url2pathname(urlparse(location).path))
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    what = f"MLflow store {masked_uri(uri or tracking_uri())}, artifacts {location}"
+    if not folder.is_dir():
+        raise TrackingError(f"{what}: {folder} is not a folder; remove it or choose another store")
+    _check_writable_folder(folder, what)
+
+
+def _check_postgresql(uri: str, timeout_s: float) -> None:
+    """Connect once with a short timeout: an unreachable server fails in seconds."""
+    import psycopg  # only for postgresql:// stores
+    from sqlalchemy.engine import make_url
+
+    try:
+        # libpq reads the URL itself, less SQLAlchemy's "+driver" suffix.
+        conninfo = make_url(uri).set(drivername="postgresql").render_as_string(False)
+        psycopg.connect(conninfo, connect_timeout=max(2, round(timeout_s))).close()
+    except Exception as err:  # psycopg.Error, or a URL that does not parse
+        raise TrackingError(
+            f"MLflow store {masked_uri(uri)}: cannot connect to PostgreSQL ({one_line(err)}); "
+            "start the server or fix MLFLOW_TRACKING_URI"
+        ) from None
 
 
 def experiment_name(prefix: str, dataset: str) -> str:
@@ -171,7 +275,12 @@ def _git(*args: str) -> str | None:
     return result.stdout.strip() if result.returncode == 0 else None
 
 
-def _package_versions() -> dict[str, str]:
+def git_commit() -> str:
+    """The repository's HEAD commit, "unknown" outside a repository."""
+    return _git("rev-parse", "HEAD") or "unknown"
+
+
+def package_versions() -> dict[str, str]:
     """{distribution: version} of the packages a run depends on, those installed."""
     versions = {}
     # importlib.metadata reads versions without importing (and initialising) the packages.
@@ -183,15 +292,19 @@ def _package_versions() -> dict[str, str]:
     return versions
 
 
-def _device() -> str:
-    """The accelerator Keras trains on, e.g. "gpu:0 (NVIDIA H200)" or "cpu:0"."""
-    devices = keras.distribution.list_devices()
-    if keras.backend.backend() == "jax":
-        import jax  # only when JAX is the backend: it is then installed and initialised
+def keras_backend() -> str:
+    """The Keras backend's name, read without importing Keras (and its backend)."""
+    from keras.src.backend.config import backend  # a plain module: no TensorFlow import
 
-        kinds = sorted({d.device_kind for d in jax.devices()})
-        return f"{', '.join(devices)} ({', '.join(kinds)})"
-    return ", ".join(devices)
+    return backend()
+
+
+def _device_name() -> str:
+    # Keras (and TensorFlow or JAX) are imported only here: the report and other
+    # commands that read the store do not pay seconds for them.
+    from medimg.training.device import device_name
+
+    return device_name()
 
 
 def run_tags(
@@ -213,38 +326,75 @@ def run_tags(
         "medimg.git_dirty": "unknown" if status is None else str(bool(status)).lower(),
         "medimg.dataset_fingerprint": dataset_fingerprint,
         "medimg.split_protocol": split_protocol,
-        "medimg.keras_backend": keras.backend.backend(),
-        "medimg.device": _device(),
+        "medimg.keras_backend": keras_backend(),
+        "medimg.device": _device_name(),
     }
-    tags.update({f"medimg.versions.{k}": v for k, v in _package_versions().items()})
+    tags.update({f"medimg.versions.{k}": v for k, v in package_versions().items()})
     if seed is not None:
         tags["medimg.seed"] = str(seed)
     return tags
 
 
-class MlflowEpochLogger(keras.callbacks.Callback):
-    """Logs each epoch's Keras logs as MLflow metrics of one run, step = 1-based epoch.
+PROCESS_TAGS = ("medimg.host", "medimg.pid", "medimg.process_start")
 
-    Names get an `epoch_` prefix (TensorBoard's convention): `epoch_val_accuracy`
-    is the curve, while the evaluate stage logs the final `val_accuracy` of the
-    chosen checkpoint to the same run. Keras passes the absolute epoch index,
-    so a resumed fit continues the steps where the interrupted one stopped.
+
+def _process_start(pid: int) -> str:
+    """The start time of process `pid` (clock ticks after boot; Linux), "" when unknown.
+
+    With the pid it identifies a process: a pid alone is reused after the process dies.
     """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    # Field 22 counts from 1; the command name (field 2) may hold spaces, so split after it.
+    return stat.rsplit(")", 1)[1].split()[19]
 
-    def __init__(self, run_id: str, tracking_uri: str | None = None) -> None:
-        super().__init__()
-        self.run_id = run_id
-        self.client = MlflowClient(tracking_uri)
 
-    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        timestamp = int(time.time() * 1000)
-        metrics = [
-            Metric(key=f"epoch_{key}", value=float(value), timestamp=timestamp, step=epoch + 1)
-            for key, value in (logs or {}).items()
-            if isinstance(value, int | float) or getattr(value, "shape", None) == ()
-        ]
-        if metrics:
-            self.client.log_batch(self.run_id, metrics=metrics)
+def process_tags() -> dict[str, str]:
+    """Tags naming the process that writes a run, so a run left RUNNING by a dead one is found."""
+    pid = os.getpid()
+    return {
+        "medimg.host": socket.gethostname(),
+        "medimg.pid": str(pid),
+        "medimg.process_start": _process_start(pid),
+    }
+
+
+def _process_alive(pid: int, start: str) -> bool:
+    if start and Path("/proc").is_dir():
+        return _process_start(pid) == start
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def close_orphaned_runs(client: MlflowClient, experiment_ids: list[str]) -> list[str]:
+    """Mark KILLED the runs left RUNNING by a medimg process of this host that has died.
+
+    A killed training cannot end its own MLflow run; neither can one whose stage
+    DVC later restored from its run cache. Runs of other hosts, of live processes
+    and without medimg's process tags are left alone: on a shared tracking server
+    they may be someone else's live training. Returns the ids closed.
+    """
+    host = socket.gethostname()
+    closed = []
+    for run in client.search_runs(
+        experiment_ids,
+        filter_string=f"attributes.status = 'RUNNING' and tags.`medimg.host` = '{host}'",
+        max_results=1000,
+    ):
+        tags = run.data.tags
+        if not tags.get("medimg.pid", "").isdigit():
+            continue
+        if not _process_alive(int(tags["medimg.pid"]), tags.get("medimg.process_start", "")):
+            client.set_terminated(run.info.run_id, status="KILLED")
+            closed.append(run.info.run_id)
+    return closed
 
 
 @contextmanager
@@ -259,48 +409,36 @@ def resumable_run(
 
     The id is written as soon as the run exists, so an interrupted training
     continues the same run (its metric steps included) instead of starting a new one.
-    A run that raises is marked FAILED by MLflow; resuming sets it RUNNING again.
+    A run that raises ends FAILED (KILLED on Ctrl-C); resuming sets it RUNNING again.
+    When the store itself failed (TrackingError), the run is left RUNNING rather than
+    ended: ending it would retry against the dead server for minutes. The re-run
+    resumes it, or close_orphaned_runs closes it once this process is gone.
     """
     if id_file.is_file():
-        with mlflow.start_run(run_id=id_file.read_text().strip(), nested=nested) as run:
-            mlflow.set_tags(dict(tags))
-            yield run
-        return
-    with mlflow.start_run(
-        experiment_id=experiment_id, run_name=run_name, tags=dict(tags), nested=nested
-    ) as run:
+        run = mlflow.start_run(run_id=id_file.read_text().strip(), nested=nested)
+        mlflow.set_tags(dict(tags))
+    else:
+        run = mlflow.start_run(
+            experiment_id=experiment_id, run_name=run_name, tags=dict(tags), nested=nested
+        )
         id_file.parent.mkdir(parents=True, exist_ok=True)
         partial = id_file.with_name(id_file.name + ".tmp")
         partial.write_text(run.info.run_id)
         partial.replace(id_file)
+    try:
         yield run
-
-
-def log_keras_model(model: keras.Model, input_example: np.ndarray) -> str:
-    """Log `model` to the active run with the MLflow Keras flavour; return its logged-model id.
-
-    input_example: a few images, (n, H, W, C) uint8, as the model takes them.
-    The signature is inferred from it and the model's output on it. The example
-    itself is stored next to the model as input_example.npy rather than through
-    log_model(input_example=...), which fails in MLflow's Keras flavour
-    (mlflow/mlflow#16183: it writes the example before creating the folder).
-    """
-    from mlflow.models import infer_signature
-
-    signature = infer_signature(input_example, np.asarray(model.predict(input_example, verbose=0)))
-    info = mlflow.keras.log_model(
-        model,
-        name="model",
-        signature=signature,
-        # Given explicitly: MLflow would otherwise infer them by loading the model
-        # in a subprocess, which takes seconds and can pick up unrelated packages.
-        pip_requirements=[f"{name}=={v}" for name, v in _package_versions().items()],
-    )
-    with tempfile.TemporaryDirectory() as tmp:
-        example_path = Path(tmp) / "input_example.npy"
-        np.save(example_path, input_example)
-        MlflowClient().log_model_artifact(info.model_id, str(example_path))
-    return info.model_id
+    except TrackingError:
+        raise
+    except BaseException as err:
+        status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+        try:
+            mlflow.end_run(status)
+        except MlflowException as end_error:  # keep the error that stopped the training
+            log.warning(
+                "MLflow run %s could not be ended %s: %s", run.info.run_id, status, end_error
+            )
+        raise
+    mlflow.end_run()
 
 
 def registered_model_name(prefix: str, dataset: str) -> str:

@@ -3,9 +3,16 @@
 Two images leak into each other when they show the same patient (same `group_id`), are
 byte-identical (same `sha256`) or are near-duplicates: re-encoded or rescaled copies,
 found by the Hamming distance between their 64-bit perceptual hashes (`phash`, 16 hex
-characters as written by `imagehash.phash(image, hash_size=8)`). `leak_groups` joins
-these relations transitively into connected components; a leakage-free split keeps every
-component on one side.
+characters as written by `imagehash.phash(image, hash_size=8)`).
+
+Optionally, neighbours too: images a wider phash distance apart (adjacent slices of one
+scan, re-cropped copies) whose 256-bit difference hashes (`dhash` of the whole image,
+`content_dhash` of its non-black content; 64 hex characters each) are also close. Two
+measures must agree because at that phash distance unrelated scans are common; the
+thresholds are measured in docs/data.md.
+
+`leak_groups` joins these relations transitively into connected components; a
+leakage-free split keeps every component on one side.
 """
 
 from __future__ import annotations
@@ -19,30 +26,58 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 PHASH_HEX_CHARS = 16  # imagehash.phash with hash_size=8 gives 64 bits
-_PHASH_PATTERN = re.compile(r"[0-9a-fA-F]{16}")
+DHASH_HEX_CHARS = 64  # imagehash.dhash with hash_size=16 gives 256 bits
 
 # Elements of the (rows x columns) XOR block compared at once: 8 Mi uint64 = 64 MiB,
 # so memory stays bounded whatever the number of images.
 _BLOCK_ELEMENTS = 8 * 1024 * 1024
 
 LEAK_GROUP_COLUMNS = ("group_id", "sha256", "phash")
+_NO_EDGES = np.zeros((0, 2), dtype=np.int64)
+NEIGHBOUR_COLUMNS = ("dhash", "content_dhash")
+
+
+def _hex_to_words(hashes: Sequence[str], hex_chars: int, column: str, source: str) -> np.ndarray:
+    """Parse hex hashes of `hex_chars` characters into uint64 words, shape (N, hex_chars/16).
+
+    `column` and `source` (how the hash is made) name the hash in the error message.
+    """
+    hashes = list(hashes)
+    pattern = re.compile(f"[0-9a-fA-F]{{{hex_chars}}}")
+    for index, value in enumerate(hashes):
+        if not isinstance(value, str) or not pattern.fullmatch(value):
+            raise ValueError(
+                f"{column} at position {index} is {value!r}; expected {hex_chars} hex "
+                f"characters ({source})"
+            )
+    words_per_hash = hex_chars // 16
+    if not hashes:
+        return np.zeros((0, words_per_hash), dtype=np.uint64)
+    # One bytes.fromhex over the joined string parses all hashes at once (big-endian
+    # 8-byte words, the bit order imagehash prints).
+    words = np.frombuffer(bytes.fromhex("".join(hashes)), dtype=">u8")
+    return words.astype(np.uint64).reshape(len(hashes), words_per_hash)
 
 
 def phash_to_uint64(phashes: Sequence[str]) -> np.ndarray:
     """Parse 16-hex-character perceptual hashes into a uint64 array of shape (N,)."""
-    phashes = list(phashes)
-    for index, value in enumerate(phashes):
-        if not isinstance(value, str) or not _PHASH_PATTERN.fullmatch(value):
-            raise ValueError(
-                f"phash at position {index} is {value!r}; expected {PHASH_HEX_CHARS} hex "
-                "characters (imagehash.phash with hash_size=8)"
-            )
-    if not phashes:
-        return np.zeros(0, dtype=np.uint64)
-    # One bytes.fromhex over the joined string parses all hashes at once (big-endian
-    # 8-byte words, the bit order imagehash prints).
-    words = np.frombuffer(bytes.fromhex("".join(phashes)), dtype=">u8")
-    return words.astype(np.uint64)
+    source = "imagehash.phash with hash_size=8"
+    return _hex_to_words(phashes, PHASH_HEX_CHARS, "phash", source)[:, 0]
+
+
+def dhash_to_words(dhashes: Sequence[str], column: str = "dhash") -> np.ndarray:
+    """Parse 64-hex-character difference hashes into uint64 words of shape (N, 4)."""
+    source = "imagehash.dhash with hash_size=16"
+    return _hex_to_words(dhashes, DHASH_HEX_CHARS, column, source)
+
+
+def pair_distances(words: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """Hamming distance of each pair (i, j) of `pairs` (K, 2) between rows of `words` (N, W).
+
+    Returns an int64 array of shape (K,).
+    """
+    xor = words[pairs[:, 0]] ^ words[pairs[:, 1]]
+    return np.bitwise_count(xor).sum(axis=1, dtype=np.int64)
 
 
 def _hamming(rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
@@ -85,6 +120,27 @@ def near_duplicate_pairs(phashes: Sequence[str], max_distance: int) -> np.ndarra
     return np.concatenate(found).astype(np.int64)
 
 
+def neighbour_pairs(
+    manifest: pd.DataFrame, max_phash_distance: int, max_dhash_distance: int
+) -> np.ndarray:
+    """Index pairs (i, j), i < j, of near neighbours: similar images that are not copies.
+
+    A pair qualifies when its `phash` distance is <= `max_phash_distance` and the distance
+    of its `dhash` or of its `content_dhash` (256 bits each) is <= `max_dhash_distance`.
+    Returns an int64 array of shape (K, 2) sorted by i then j.
+    """
+    if not 0 <= max_dhash_distance <= 256:
+        raise ValueError(
+            f"max_dhash_distance must be in 0..256 (bits of a dhash), got {max_dhash_distance}"
+        )
+    candidates = near_duplicate_pairs(manifest["phash"].tolist(), max_phash_distance)
+    whole, content = (
+        pair_distances(dhash_to_words(manifest[column].tolist(), column), candidates)
+        for column in NEIGHBOUR_COLUMNS
+    )
+    return candidates[np.minimum(whole, content) <= max_dhash_distance]
+
+
 def _same_value_edges(values: pd.Series) -> np.ndarray:
     """Edges (K, 2) joining each row to the first row holding the same value."""
     codes, _ = pd.factorize(values, sort=False)
@@ -97,15 +153,19 @@ def _same_value_edges(values: pd.Series) -> np.ndarray:
     return np.stack([rows[keep], anchors[keep]], axis=1)
 
 
-def leak_groups(manifest: pd.DataFrame, max_distance: int) -> np.ndarray:
+def leak_groups(
+    manifest: pd.DataFrame, max_distance: int, neighbours: tuple[int, int] | None = None
+) -> np.ndarray:
     """Connected components of 'may leak into each other' over the manifest's rows.
 
-    Two rows are joined when they share `group_id`, share `sha256`, or their `phash`
-    Hamming distance is <= `max_distance`. Returns an int64 array of shape (N,), in row
-    order: components are numbered 0, 1, ... in order of their first row, so the same
-    manifest (in the same row order) always gives the same numbers.
+    Two rows are joined when they share `group_id`, share `sha256`, their `phash`
+    Hamming distance is <= `max_distance`, or, with `neighbours` = (max phash distance,
+    max dhash distance), they are `neighbour_pairs`. Returns an int64 array of shape
+    (N,), in row order: components are numbered 0, 1, ... in order of their first row, so
+    the same manifest (in the same row order) always gives the same numbers.
     """
-    missing = [c for c in LEAK_GROUP_COLUMNS if c not in manifest.columns]
+    needed = [*LEAK_GROUP_COLUMNS, *(NEIGHBOUR_COLUMNS if neighbours is not None else ())]
+    missing = [c for c in needed if c not in manifest.columns]
     if missing:
         raise ValueError(
             f"manifest lacks column(s) {missing} needed for leak groups; "
@@ -127,6 +187,7 @@ def leak_groups(manifest: pd.DataFrame, max_distance: int) -> np.ndarray:
             _same_value_edges(manifest["group_id"]),
             _same_value_edges(manifest["sha256"]),
             near_duplicate_pairs(manifest["phash"].tolist(), max_distance),
+            neighbour_pairs(manifest, *neighbours) if neighbours is not None else _NO_EDGES,
         ]
     )
     graph = coo_matrix(

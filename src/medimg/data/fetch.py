@@ -62,7 +62,8 @@ class FetchReport:
     n_images: int
     skipped: list[dict[str, str]]  # {"path", "reason"}: bad files left out (on_bad_image: skip)
     ignored: list[dict[str, object]]  # {"path", "files", "reason"}: not part of the layout
-    seconds: float
+    # No run time here: a DVC output must not change when the stage re-runs on the same data
+    # (the time is logged instead).
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
@@ -259,6 +260,8 @@ def _build(
                 "height": info.height,
                 "mode": info.mode,
                 "phash": info.phash,
+                "dhash": info.dhash,
+                "content_dhash": info.content_dhash,
             }
         )
     if unparseable:
@@ -334,8 +337,8 @@ def fetch_dataset(
             n_images=len(rows),
             skipped=skipped,
             ignored=ignored,
-            seconds=round(time.perf_counter() - started, 2),
         )
         _write_manifest(rows, staging / "manifest.csv")
         (staging / "fetch_report.json").write_text(report.to_json())
+    log.info("fetch %s: %.1f s", name, time.perf_counter() - started)
     return report

@@ -1,4 +1,4 @@
-"""Decode each fetched image once: size, mode and perceptual hash, or why it is unreadable."""
+"""Decode each fetched image once: size, mode and image hashes, or why it is unreadable."""
 
 from __future__ import annotations
 
@@ -20,6 +20,12 @@ from tqdm import tqdm
 from medimg.data.layouts import IMAGE_SUFFIXES
 
 PHASH_SIZE = 8  # 8 x 8 bits = 16 hex characters, the manifest's phash column
+# 16 x 16 bits = 64 hex characters, the manifest's dhash and content_dhash columns. 64-bit
+# dhashes could not tell adjacent MRI slices from unrelated ones; 256 bits can (docs/data.md).
+DHASH_SIZE = 16
+# Grey level above which a pixel is content rather than black background: above the JPEG
+# noise of the MRI backgrounds, below any tissue.
+CONTENT_MIN_GREY = 20
 
 
 class ImageError(ValueError):
@@ -32,6 +38,17 @@ class ImageInfo:
     height: int
     mode: str  # PIL mode, e.g. "L", "RGB"
     phash: str  # 16 hex characters (imagehash.phash, hash_size 8)
+    dhash: str  # 64 hex characters (imagehash.dhash, hash_size 16) of the whole image
+    content_dhash: str  # the same of `content_box` only, so re-cropped copies still match
+
+
+def content_box(image: Image.Image) -> tuple[int, int, int, int]:
+    """(left, upper, right, lower) of the pixels brighter than CONTENT_MIN_GREY.
+
+    The whole image when none is: a black image has no content to crop to.
+    """
+    mask = image.convert("L").point(lambda v: 255 if v > CONTENT_MIN_GREY else 0)
+    return mask.getbbox() or (0, 0, image.width, image.height)
 
 
 def inspect_image(path: Path) -> ImageInfo:
@@ -49,11 +66,17 @@ def inspect_image(path: Path) -> ImageInfo:
     try:
         with Image.open(path) as img:
             img.load()
+            # imagehash hashes greyscale: converting once here gives the same hashes.
+            grey = img.convert("L")
             return ImageInfo(
                 width=img.width,
                 height=img.height,
                 mode=img.mode,
-                phash=str(imagehash.phash(img, hash_size=PHASH_SIZE)),
+                phash=str(imagehash.phash(grey, hash_size=PHASH_SIZE)),
+                dhash=str(imagehash.dhash(grey, hash_size=DHASH_SIZE)),
+                content_dhash=str(
+                    imagehash.dhash(grey.crop(content_box(grey)), hash_size=DHASH_SIZE)
+                ),
             )
     # Pillow reports undecodable data as OSError (incl. UnidentifiedImageError and
     # "image file is truncated"), SyntaxError or ValueError from some plugins, and

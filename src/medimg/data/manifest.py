@@ -11,5 +11,7 @@ MANIFEST_COLUMNS = (
     "height",
     "mode",  # Pillow colour mode of the file
     "phash",  # 64-bit perceptual hash, 16 hex digits
+    "dhash",  # 256-bit difference hash, 64 hex digits
+    "content_dhash",  # the same of the image cropped to its non-black content
 )
 SPLITS = ("train", "val", "test")

@@ -1,14 +1,16 @@
 """The augment stage: decode every image once into uint8 arrays, plus offline augmented copies.
 
-Reads data/splits/<dataset>/{train,val,test}.csv and the images under
-data/raw/<dataset>/, writes data/prepared/<dataset>/:
+For each split protocol of the dataset, reads data/splits/<dataset>/<protocol>/
+{train,val,test}.csv and the images under data/raw/<dataset>/, and writes
+data/prepared/<dataset>/<protocol>/:
 
 - `<split>_x.npy` uint8 (N, H, W, C), memory-mappable; `<split>_y.npy` int64 (N,),
   the index of each label in `DatasetConfig.classes`;
 - `<split>.csv` (path, label, copy), one row per array row in the same order;
   copy 0 is the original image, k >= 1 its k-th augmented copy. Training rows are
   all originals first, then copy 1 of every image, then copy 2, ...;
-- `meta.json` and `examples.png` (a grid of examples per class).
+- `meta.json` (sizes, counts, protocol, source fingerprint) and `examples.png` (a grid
+  of examples per class).
 
 `load_image` is the one definition of preprocessing: the same function turns a
 new image into model input at prediction time.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import multiprocessing
 import time
 from collections.abc import Iterator
@@ -33,7 +36,9 @@ from tqdm import tqdm
 from medimg import atomic, paths
 from medimg.config import DatasetConfig, OfflineAugmentConfig
 from medimg.data.augmentation import augment_image
+from medimg.data.intensity import Crop, Normalization, crop_to_content, normalize_image
 from medimg.data.manifest import SPLITS
+from medimg.data.pixels import UnsupportedImageError, open_image, to_8bit
 
 REQUIRED_COLUMNS = ("path", "label")
 _PIL_MODE = {1: "L", 3: "RGB"}
@@ -42,12 +47,20 @@ _PIL_MODE = {1: "L", 3: "RGB"}
 _CHUNKSIZE = 16
 
 
+log = logging.getLogger(__name__)
+
+
 class PrepareError(RuntimeError):
     """The augment stage cannot run: missing inputs, an unreadable image, an unknown label."""
 
 
 def load_image(
-    path: str | Path, channels: int, image_size: int, aspect: Literal["stretch", "pad"]
+    path: str | Path,
+    channels: int,
+    image_size: int,
+    aspect: Literal["stretch", "pad"],
+    normalize: Normalization = "none",
+    crop: Crop = "none",
 ) -> np.ndarray:
     """Decode an image file into model input, uint8 (image_size, image_size, channels).
 
@@ -62,6 +75,14 @@ def load_image(
     downscaling is antialiased; unlike Lanczos it cannot overshoot (no ringing halos at
     high-contrast edges such as ribs or the skull), and it is the default of Keras's
     image-loading utilities, so results agree with a plain Keras pipeline.
+    Pixel formats (`medimg.data.pixels`): 8-bit greyscale and RGB (the datasets' JPEGs)
+    are converted directly, as always; 16-bit and float greyscale have their value range
+    stretched to 0-255; transparency is composited on black; palette, CMYK and bilevel
+    go through Pillow's conversion; DICOM (`.dcm`, or a DICOM header) is rescaled and
+    windowed as `medimg.data.pixels.read_dicom` says.
+    crop: "content" crops the black border away first (medimg.data.intensity).
+    normalize: the grey-level normalisation of medimg.data.intensity, applied last
+        (on the resized image, so its percentiles are those of what the model sees).
     """
     if channels not in _PIL_MODE:
         raise ValueError(f"channels must be 1 or 3, got {channels}")
@@ -69,22 +90,15 @@ def load_image(
         raise ValueError(f"aspect must be 'stretch' or 'pad', got {aspect!r}")
     path = Path(path)
     try:
-        with Image.open(path) as image:
-            if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-                # Pillow's conversion of 16-bit or float pixels to 8 bits clips instead of
-                # rescaling; choosing a window is a decision for the user, not a silent default.
-                raise PrepareError(
-                    f"{path}: {image.mode} pixels (16-bit or float) are not supported; "
-                    "convert the image to 8 bits per channel first"
-                )
-            image = image.convert(_PIL_MODE[channels])
+        with open_image(path) as image:
+            image = crop_to_content(to_8bit(image).convert(_PIL_MODE[channels]), crop)
             if aspect == "stretch":
                 image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
             else:
                 image = _letterbox(image, image_size)
-            pixels = np.asarray(image, dtype=np.uint8)
-    except PrepareError:
-        raise
+            pixels = np.asarray(normalize_image(image, normalize), dtype=np.uint8)
+    except UnsupportedImageError as err:  # its message names the file and the reason
+        raise PrepareError(str(err)) from None
     # Pillow reports undecodable data as OSError (incl. UnidentifiedImageError and a truncated
     # file), SyntaxError or ValueError from some plugins, oversized images as
     # DecompressionBombError.
@@ -132,11 +146,11 @@ def _augment_seed(seed: int, index: int, copy: int) -> np.random.Generator:
 
 
 def _decode_task(
-    task: tuple[int, Path, int, int, str, OfflineAugmentConfig | None],
+    task: tuple[int, Path, int, int, str, str, str, OfflineAugmentConfig | None],
 ) -> tuple[np.ndarray, list[np.ndarray]]:
     """Worker: decode one image and make its augmented copies (none when `augment` is None)."""
-    index, path, channels, image_size, aspect, augment = task
-    original = load_image(path, channels, image_size, aspect)  # type: ignore[arg-type]
+    index, path, channels, image_size, aspect, normalize, crop, augment = task
+    original = load_image(path, channels, image_size, aspect, normalize, crop)  # type: ignore[arg-type]
     copies = []
     if augment is not None:
         for copy in range(1, augment.copies + 1):
@@ -196,7 +210,7 @@ def _write_split(
     class_index = {label: i for i, label in enumerate(cfg.classes)}
 
     tasks = [
-        (i, raw / rel, channels, size, prepare.aspect, augment)
+        (i, raw / rel, channels, size, prepare.aspect, prepare.normalize, prepare.crop, augment)
         for i, rel in enumerate(table["path"])
     ]
     x_path = out_dir / f"{split}_x.npy"
@@ -278,54 +292,84 @@ def _source_fingerprint(raw: Path) -> str | None:
         raise PrepareError(f"{report}: not valid JSON ({err})") from err
 
 
+def _prepare_protocol(
+    name: str,
+    protocol: str,
+    cfg: DatasetConfig,
+    raw: Path,
+    tables: dict[str, pd.DataFrame],
+    out_dir: Path,
+    pool: ProcessPoolExecutor | None,
+) -> dict[str, Any]:
+    """Write one protocol's arrays, tables, examples.png and meta.json into out_dir."""
+    started = time.perf_counter()
+    counts: dict[str, dict[str, int]] = {}
+    written: dict[str, pd.DataFrame] = {}
+    for split in SPLITS:
+        written[split] = _write_split(
+            f"{name}/{protocol}", split, tables[split], cfg, raw, out_dir, pool
+        )
+        per_class = written[split]["label"].value_counts()
+        counts[split] = {label: int(per_class.get(label, 0)) for label in cfg.classes}
+    augment = cfg.prepare.offline_augment
+    _write_examples(
+        out_dir,
+        written["train"],
+        cfg.classes,
+        cfg.prepare.grid_examples_per_class,
+        augmented=augment.copies > 0,
+    )
+    # No run time in meta.json: re-running the stage on the same data must give the same
+    # bytes (DVC hashes outputs); the time is logged instead.
+    meta = {
+        "dataset": name,
+        "protocol": protocol,
+        "classes": list(cfg.classes),
+        "channels": cfg.channels,
+        "image_size": cfg.prepare.image_size,
+        "aspect": cfg.prepare.aspect,
+        "normalize": cfg.prepare.normalize,
+        "crop": cfg.prepare.crop,
+        "counts": counts,
+        "n_train_original": len(tables["train"]),
+        "offline_augment": augment.model_dump(mode="json"),
+        "source_fingerprint": _source_fingerprint(raw),
+    }
+    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    log.info("augment %s/%s: %.1f s", name, protocol, time.perf_counter() - started)
+    return meta
+
+
 def prepare_dataset(
     name: str,
     cfg: DatasetConfig,
     raw: Path | None = None,
     splits: Path | None = None,
     dest: Path | None = None,
-) -> dict[str, Any]:
-    """Run the augment stage for dataset `name`; return the meta.json contents.
+) -> dict[str, dict[str, Any]]:
+    """Run the augment stage for dataset `name`; return {protocol: its meta.json contents}.
 
-    raw, splits, dest default to data/raw/<name>, data/splits/<name> and
-    data/prepared/<name> (medimg.paths). Everything is built in a temporary
-    sibling folder and moved into place at the end, so a failure leaves any
+    For each protocol of `cfg.split.protocols`, reads `splits`/<protocol>/<split>.csv and
+    writes `dest`/<protocol>/. raw, splits, dest default to data/raw/<name>,
+    data/splits/<name> and data/prepared/<name> (medimg.paths). Everything is built in a
+    temporary sibling folder and moved into place at the end, so a failure leaves any
     previous output untouched.
     """
-    started = time.perf_counter()
     raw = Path(raw) if raw is not None else paths.raw_dir(name)
-    splits = Path(splits) if splits is not None else paths.splits_dir(name)
-    dest = Path(dest) if dest is not None else paths.prepared_dir(name)
-    tables = {split: _read_split_csv(name, split, splits, cfg.classes) for split in SPLITS}
-    fingerprint = _source_fingerprint(raw)
-
-    with atomic.building(dest) as build:
-        counts: dict[str, dict[str, int]] = {}
-        written: dict[str, pd.DataFrame] = {}
-        with _decoder_pool(cfg.prepare.workers) as pool:
-            for split in SPLITS:
-                written[split] = _write_split(name, split, tables[split], cfg, raw, build, pool)
-                per_class = written[split]["label"].value_counts()
-                counts[split] = {label: int(per_class.get(label, 0)) for label in cfg.classes}
-        augment = cfg.prepare.offline_augment
-        _write_examples(
-            build,
-            written["train"],
-            cfg.classes,
-            cfg.prepare.grid_examples_per_class,
-            augmented=augment.copies > 0,
-        )
-        meta = {
-            "dataset": name,
-            "classes": list(cfg.classes),
-            "channels": cfg.channels,
-            "image_size": cfg.prepare.image_size,
-            "aspect": cfg.prepare.aspect,
-            "counts": counts,
-            "n_train_original": len(tables["train"]),
-            "offline_augment": augment.model_dump(mode="json"),
-            "source_fingerprint": fingerprint,
-            "seconds": round(time.perf_counter() - started, 3),
+    splits = Path(splits) if splits is not None else paths.splits_root(name)
+    dest = Path(dest) if dest is not None else paths.prepared_root(name)
+    # Every split table is checked before the first image is decoded.
+    tables = {
+        protocol: {
+            split: _read_split_csv(name, split, splits / protocol, cfg.classes) for split in SPLITS
         }
-        (build / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    return meta
+        for protocol in cfg.split.protocols
+    }
+    with atomic.building(dest) as build, _decoder_pool(cfg.prepare.workers) as pool:
+        metas = {}
+        for protocol, protocol_tables in tables.items():
+            (build / protocol).mkdir()
+            metas[protocol] = _prepare_protocol(
+                name, protocol, cfg, raw, protocol_tables, build / protocol, pool
+            )
+    return metas

@@ -1,11 +1,13 @@
-"""The split stage: the fetch manifest -> train/val/test lists under a named protocol.
+"""The split stage: the fetch manifest -> train/val/test lists under each named protocol.
 
-Protocols (`split.protocol` in params.yaml):
+Every protocol in `split.protocols` (params.yaml) is written side by side, to
+data/splits/<dataset>/<protocol>/, from the same leak groups, so that runs can compare
+protocols on the same fetched data (`runs.<name>.split_protocol` picks one). Protocols:
 
 - official: test is the source's test split, as published. Val is carved from the
   source train (+ source val) images, grouped by leak group and stratified by label.
   Train/val images whose leak group also occurs in the source test (same patient,
-  byte-identical or near-duplicate) are excluded and listed in the report.
+  byte-identical, near-duplicate or neighbour) are excluded and listed in the report.
 - pooled: all images pooled, then test and val carved off, grouped by leak group and
   stratified by label; every leak group lies on one side.
 - thesis: the thesis's own protocol, kept for like-for-like comparison; it ignores
@@ -24,6 +26,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +35,11 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from medimg import atomic, paths
-from medimg.config import DatasetConfig, SplitConfig
+from medimg.config import DatasetConfig, SplitConfig, SplitProtocol
 from medimg.data.duplicates import leak_groups
 from medimg.data.manifest import MANIFEST_COLUMNS, SPLITS
+
+log = logging.getLogger(__name__)
 
 SOURCE_SPLITS = ("train", "val", "test")
 EXCLUDED = "excluded"  # assignment of official-protocol images dropped for leaking into test
@@ -64,7 +70,7 @@ def check_manifest(manifest: pd.DataFrame, source: str = "manifest") -> None:
     if missing:
         raise SplitError(
             f"{source}: missing column(s) {missing}; expected {list(MANIFEST_COLUMNS)}, "
-            f"got {list(manifest.columns)}"
+            f"got {list(manifest.columns)} (a manifest of an older fetch: re-run the fetch stage)"
         )
     if manifest.empty:
         raise SplitError(f"{source}: no images listed")
@@ -79,15 +85,25 @@ def check_manifest(manifest: pd.DataFrame, source: str = "manifest") -> None:
         raise SplitError(f"{source}: path listed more than once, e.g. {list(duplicated[:3])}")
 
 
-def add_leak_groups(manifest: pd.DataFrame, max_distance: int) -> pd.DataFrame:
+def neighbour_rule(cfg: SplitConfig) -> tuple[int, int] | None:
+    """(max phash distance, max dhash distance) of the neighbour check, None when it is off."""
+    if cfg.neighbour_max_phash_distance is None:
+        return None
+    return cfg.neighbour_max_phash_distance, cfg.neighbour_max_dhash_distance
+
+
+def add_leak_groups(
+    manifest: pd.DataFrame, max_distance: int, neighbours: tuple[int, int] | None = None
+) -> pd.DataFrame:
     """Return the manifest sorted by path with an int `leak_group` column added.
 
-    Sorting first makes the leak-group numbers depend on the images only, not on the
-    row order the manifest came in.
+    `max_distance` and `neighbours` are `leak_groups`'s. Sorting first makes the
+    leak-group numbers depend on the images only, not on the row order the manifest
+    came in.
     """
     ordered = manifest.sort_values("path", kind="stable").reset_index(drop=True)
     try:
-        groups = leak_groups(ordered, max_distance)
+        groups = leak_groups(ordered, max_distance, neighbours)
     except ValueError as err:
         raise SplitError(f"manifest: {err}") from None
     return ordered.assign(leak_group=groups)
@@ -182,14 +198,17 @@ def _assign_thesis(rows: pd.DataFrame, cfg: SplitConfig, layout: str) -> pd.Seri
     return assignment
 
 
-def assign_splits(manifest: pd.DataFrame, cfg: SplitConfig, layout: str) -> pd.Series:
-    """Which split each image goes to under `cfg.protocol`.
+def assign_splits(
+    manifest: pd.DataFrame, cfg: SplitConfig, layout: str, protocol: SplitProtocol
+) -> pd.Series:
+    """Which split each image goes to under `protocol`.
 
     Args:
         manifest: fetch manifest with a `leak_group` column (see `add_leak_groups`).
-        cfg: the dataset's split parameters (protocol, fractions, seed).
+        cfg: the dataset's split parameters (fractions, seed).
         layout: "chest_xray" or "mri" (DatasetConfig.layout); matters for the thesis
             protocol only.
+        protocol: "official", "pooled" or "thesis".
 
     Returns:
         Series aligned with `manifest.index` holding "train", "val", "test", or
@@ -205,16 +224,27 @@ def assign_splits(manifest: pd.DataFrame, cfg: SplitConfig, layout: str) -> pd.S
     # caller's row order.
     rows = manifest.sort_values("path", kind="stable")
     rows = rows.assign(leak_group=pd.factorize(rows["leak_group"])[0])
-    if cfg.protocol == "official":
+    if protocol == "official":
         assignment = _assign_official(rows, cfg)
-    elif cfg.protocol == "pooled":
+    elif protocol == "pooled":
         assignment = _assign_pooled(rows, cfg)
-    else:
+    elif protocol == "thesis":
         assignment = _assign_thesis(rows, cfg, layout)
+    else:
+        raise SplitError(f"protocol = {protocol!r}; allowed: ['official', 'pooled', 'thesis']")
     return assignment.reindex(manifest.index)
 
 
-def _exclusion_reason(row: pd.Series, test: pd.DataFrame, max_distance: int) -> str:
+def _linking_rules(cfg: SplitConfig) -> str:
+    """The rules that join images into one leak group, as said in exclusion reasons."""
+    rules = f"patients, identical files or phash distance <= {cfg.near_duplicate_max_distance}"
+    neighbours = neighbour_rule(cfg)
+    if neighbours is None:
+        return rules
+    return f"{rules} or neighbours (phash <= {neighbours[0]} and dhash <= {neighbours[1]})"
+
+
+def _exclusion_reason(row: pd.Series, test: pd.DataFrame, rules: str) -> str:
     same_group = test[test["group_id"] == row["group_id"]]
     if not same_group.empty:
         return (
@@ -226,7 +256,7 @@ def _exclusion_reason(row: pd.Series, test: pd.DataFrame, max_distance: int) -> 
     linked = test[test["leak_group"] == row["leak_group"]]
     return (
         f"in leak group {row['leak_group']} with source test image {linked['path'].iloc[0]} "
-        f"(linked through patients, identical files or phash distance <= {max_distance})"
+        f"(linked through {rules})"
     )
 
 
@@ -241,6 +271,7 @@ def split_report(
     assignment: pd.Series,
     *,
     dataset: str,
+    protocol: SplitProtocol,
     cfg: SplitConfig,
     layout: str,
     classes: list[str],
@@ -249,57 +280,60 @@ def split_report(
 
     Args:
         manifest: manifest with `leak_group` (see `add_leak_groups`).
-        assignment: `assign_splits`'s result for that manifest.
+        assignment: `assign_splits`'s result for that manifest under `protocol`.
     """
     counts = {
         split: {c: int(((assignment == split) & (manifest["label"] == c)).sum()) for c in classes}
         for split in SPLITS
     }
-    notes: list[str] = []
-    if layout == "chest_xray":
-        patient_overlap: dict[str, int] | None = _pair_overlaps(manifest, assignment, "group_id")
-    else:
-        patient_overlap = None
-        notes.append(
-            "patient_overlap is null: the mri layout has no patient ids (group_id is a "
-            "content hash); duplicate_overlap covers identical and near-duplicate images"
-        )
-    duplicate_overlap = _pair_overlaps(manifest, assignment, "leak_group")
+    has_patients = layout == "chest_xray"
+    patient_overlap = _pair_overlaps(manifest, assignment, "group_id") if has_patients else None
     test = manifest[assignment == "test"]
+    rules = _linking_rules(cfg)
     excluded = [
-        {
-            "path": row["path"],
-            "reason": _exclusion_reason(row, test, cfg.near_duplicate_max_distance),
-        }
+        {"path": row["path"], "reason": _exclusion_reason(row, test, rules)}
         for _, row in manifest[assignment == EXCLUDED].sort_values("path").iterrows()
     ]
-    leaky = cfg.protocol == "thesis"
-    if leaky:
-        notes.append(
-            "protocol 'thesis' ignores patients and duplicates (as the thesis did): the "
-            "overlaps above are leaks, so its test scores are optimistic"
-        )
-    if excluded:
-        notes.append(
-            f"{len(excluded)} train/val image(s) share a leak group with the source test set "
-            "and are left out so that the published test set stays intact"
-        )
+    leaky = protocol == "thesis"
     return {
         "dataset": dataset,
-        "protocol": cfg.protocol,
+        "protocol": protocol,
         "layout": layout,
         "seed": cfg.seed,
         "leaky": leaky,
         "counts": counts,
         "totals": {split: int((assignment == split).sum()) for split in SPLITS},
         "patient_overlap": patient_overlap,
-        "duplicate_overlap": duplicate_overlap,
+        "duplicate_overlap": _pair_overlaps(manifest, assignment, "leak_group"),
         "excluded": excluded,
         "near_duplicate_max_distance": cfg.near_duplicate_max_distance,
+        "neighbour_max_phash_distance": cfg.neighbour_max_phash_distance,
+        "neighbour_max_dhash_distance": cfg.neighbour_max_dhash_distance,
         "n_leak_groups": int(manifest["leak_group"].nunique()),
         "largest_leak_group": int(manifest["leak_group"].value_counts().max()),
-        "notes": notes,
+        "notes": _report_notes(has_patients, leaky, len(excluded)),
     }
+
+
+def _report_notes(has_patients: bool, leaky: bool, n_excluded: int) -> list[str]:
+    notes = []
+    if not has_patients:
+        notes.append(
+            "patient_overlap is null: the mri layout has no patient ids (group_id is a "
+            "content hash); duplicate_overlap covers identical, near-duplicate and "
+            "neighbour images"
+        )
+    if leaky:
+        notes.append(
+            "protocol 'thesis' ignores patients and duplicates (as the thesis did): the "
+            "overlaps above are leaks, so its test scores are optimistic"
+        )
+    if n_excluded:
+        notes.append(
+            f"{n_excluded} train/val image(s) share a leak group with the source test set "
+            "and are left out so that the published test set stays intact"
+        )
+    return notes
 
 
 def _check_report(report: dict[str, Any], classes: list[str]) -> None:
@@ -327,38 +361,25 @@ def _check_report(report: dict[str, Any], classes: list[str]) -> None:
         )
 
 
-def _write_atomically(dest: Path, files: dict[str, bytes]) -> None:
-    """Write `files` into `dest` so that dest holds either all old or all new files."""
-    with atomic.building(dest) as staging:
-        for name, content in files.items():
-            (staging / name).write_bytes(content)
-
-
-def split_dataset(
-    name: str, cfg: DatasetConfig, raw: Path | None = None, dest: Path | None = None
-) -> dict[str, Any]:
-    """Run the split stage for one dataset; returns the report written to split_report.json.
-
-    Reads `raw`/manifest.csv (default paths.raw_dir(name)) and writes train.csv, val.csv,
-    test.csv (manifest columns + leak_group, sorted by path) and split_report.json into
-    `dest` (default paths.splits_dir(name)). Writes nothing if the split fails a check.
-    """
-    raw = paths.raw_dir(name) if raw is None else Path(raw)
-    dest = paths.splits_dir(name) if dest is None else Path(dest)
-    manifest_path = raw / "manifest.csv"
-    manifest = read_manifest(manifest_path, name)
-    unknown = sorted(set(manifest["label"]) - set(cfg.classes))
-    if unknown:
-        raise SplitError(
-            f"{manifest_path}: label(s) {unknown} are not in datasets.{name}.classes {cfg.classes}"
+def _split_files(
+    rows: pd.DataFrame, cfg: DatasetConfig, name: str, protocol: SplitProtocol
+) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """One protocol's files ({file name: content}) and report; raises SplitError naming it."""
+    try:
+        assignment = assign_splits(rows, cfg.split, cfg.layout, protocol)
+        report = split_report(
+            rows,
+            assignment,
+            dataset=name,
+            protocol=protocol,
+            cfg=cfg.split,
+            layout=cfg.layout,
+            classes=cfg.classes,
         )
-    rows = add_leak_groups(manifest, cfg.split.near_duplicate_max_distance)
-    assignment = assign_splits(rows, cfg.split, cfg.layout)
-    report = split_report(
-        rows, assignment, dataset=name, cfg=cfg.split, layout=cfg.layout, classes=cfg.classes
-    )
-    _check_report(report, cfg.classes)
-    columns = [*manifest.columns, "leak_group"]
+        _check_report(report, cfg.classes)
+    except SplitError as err:
+        raise SplitError(f"{name}, protocol {protocol!r}: {err}") from None
+    columns = [*MANIFEST_COLUMNS, "leak_group"]
     files = {
         f"{split}.csv": rows.loc[assignment == split, columns]
         .to_csv(index=False, lineterminator="\n")
@@ -366,8 +387,43 @@ def split_dataset(
         for split in SPLITS
     }
     files[REPORT_FILE] = (json.dumps(report, indent=2) + "\n").encode()
-    _write_atomically(dest, files)
-    return report
+    return files, report
+
+
+def split_dataset(
+    name: str, cfg: DatasetConfig, raw: Path | None = None, dest: Path | None = None
+) -> dict[str, dict[str, Any]]:
+    """Run the split stage for one dataset; returns {protocol: its split_report.json}.
+
+    Reads `raw`/manifest.csv (default paths.raw_dir(name)) and writes, for each protocol of
+    `cfg.split.protocols`, `dest`/<protocol>/ with train.csv, val.csv, test.csv (manifest
+    columns + leak_group, sorted by path) and split_report.json (`dest` defaults to
+    paths.splits_root(name)). Writes nothing if any protocol fails a check.
+    """
+    started = time.perf_counter()
+    raw = paths.raw_dir(name) if raw is None else Path(raw)
+    dest = paths.splits_root(name) if dest is None else Path(dest)
+    manifest_path = raw / "manifest.csv"
+    manifest = read_manifest(manifest_path, name)
+    unknown = sorted(set(manifest["label"]) - set(cfg.classes))
+    if unknown:
+        raise SplitError(
+            f"{manifest_path}: label(s) {unknown} are not in datasets.{name}.classes {cfg.classes}"
+        )
+    rows = add_leak_groups(
+        manifest, cfg.split.near_duplicate_max_distance, neighbour_rule(cfg.split)
+    )
+    outputs = {
+        protocol: _split_files(rows, cfg, name, protocol) for protocol in cfg.split.protocols
+    }
+    # One swap for every protocol: the folder holds all of them from one run, or the old ones.
+    with atomic.building(dest) as staging:
+        for protocol, (files, _) in outputs.items():
+            (staging / protocol).mkdir()
+            for file_name, content in files.items():
+                (staging / protocol / file_name).write_bytes(content)
+    log.info("split %s: %.1f s", name, time.perf_counter() - started)
+    return {protocol: report for protocol, (_, report) in outputs.items()}
 
 
 __all__ = [
@@ -378,6 +434,7 @@ __all__ = [
     "add_leak_groups",
     "assign_splits",
     "check_manifest",
+    "neighbour_rule",
     "read_manifest",
     "split_dataset",
     "split_report",

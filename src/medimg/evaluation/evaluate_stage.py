@@ -3,7 +3,11 @@
 Reads models/<run>/ (summary.json, seed-<k>/model.keras, history.csv,
 preprocessing.json) and data/prepared/<dataset>/. Writes reports/<run>/:
 
-    metrics.json          DVC metrics: {"val"|"test": {metric: {mean, std, min, max}},
+    metrics.json          DVC metrics, the headline numbers only (HEADLINE_METRICS: short
+                          keys so that `dvc metrics show` stays a table at 120 columns):
+                          test acc, acc_std, auc, sens, spec (means over seeds; macro
+                          for multiclass), val_acc, val_auc and seeds; 4 decimals
+    details.json          everything: {"val"|"test": {metric: {mean, std, min, max}},
                           "per_seed": {"seed-<k>": {"val"|"test": {metric: value}}},
                           "best_seed", "n_seeds", "std_ddof"}; scalars only, NaN -> null
     confusion_test.csv    actual,predicted class names, one row per test image (best seed)
@@ -43,18 +47,38 @@ from medimg.evaluation import figures
 from medimg.evaluation.metrics import (
     STD_DDOF,
     aggregate,
-    classification_metrics,
     pr_points,
     roc_points,
     scalar_metrics,
 )
+from medimg.evaluation.seed_evaluation import (
+    EVALUATED_SPLITS,
+    ensemble,
+    evaluate_predictions,
+    predict_splits,
+)
 from medimg.training.data import PreparedData, load_prepared
-from medimg.training.predict import load_model, predict_proba
+from medimg.training.predict import load_model
 
-EVALUATED_SPLITS = ("val", "test")
 SUMMARY_FILE = "summary.json"
 ARTIFACT_DIR = "evaluation"
 STATISTICS = ("mean", "std", "min", "max")
+# metrics.json key -> (split, metric, statistic) of details.json. DVC prints one column
+# per key, each as wide as its name, beside a 40-character path: with longer names or
+# more keys a row no longer fits 120 columns. Test split unless the key says "val_".
+# Balanced accuracy is left out: it is (sens + spec) / 2 for two classes and equals
+# the macro sens for more.
+HEADLINE_METRICS = {
+    "acc": ("test", "accuracy", "mean"),
+    "acc_std": ("test", "accuracy", "std"),
+    "auc": ("test", "roc_auc", "mean"),
+    "sens": ("test", "recall", "mean"),
+    "spec": ("test", "specificity", "mean"),
+    "val_acc": ("val", "accuracy", "mean"),
+    "val_auc": ("val", "roc_auc", "mean"),
+}
+# Enough to compare with figures quoted to 0.01 % (93.75 %); details.json keeps all digits.
+HEADLINE_DECIMALS = 4
 TEST_FIGURES = ("confusion_test.png", "roc_test.png", "pr_test.png", "predictions_test.png")
 # MLflow's log_batch accepts at most 1,000 metrics per call.
 MLFLOW_BATCH_LIMIT = 1000
@@ -134,6 +158,20 @@ def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(_json_ready(obj), indent=2, allow_nan=False) + "\n")
 
 
+def headline_metrics(details: dict[str, Any]) -> dict[str, float | int | None]:
+    """metrics.json's content from details.json's: HEADLINE_METRICS rounded, and "seeds".
+
+    A value that is undefined (NaN or None, e.g. the std of one seed) is None (JSON null).
+    """
+    headline: dict[str, float | int | None] = {}
+    for key, (split, metric, statistic) in HEADLINE_METRICS.items():
+        value = details[split][metric][statistic]
+        defined = value is not None and not math.isnan(value)
+        headline[key] = round(float(value), HEADLINE_DECIMALS) if defined else None
+    headline["seeds"] = details["n_seeds"]
+    return headline
+
+
 def _example_rows(n_test: int, run: RunConfig) -> np.ndarray:
     """Test rows shown in the prediction grid: the same for every seed, so grids compare."""
     count = min(run.prediction_examples, n_test)
@@ -150,28 +188,24 @@ def _evaluate_seed(
 ) -> dict[str, Any]:
     """Predict val and test with one seed's model; write its metrics.json and figures.
 
-    Returns {"metrics": {split: classification_metrics}, "test_proba": (N, K)}.
+    Returns {"metrics": {split: classification_metrics}, "predictions": SplitPredictions}.
     """
     seed = entry["seed"]
-    model_path = paths.models_dir(run_name) / entry["model"]
-    model = load_model(model_path)
-    metrics: dict[str, dict[str, Any]] = {}
-    probabilities: dict[str, np.ndarray] = {}
-    for split in EVALUATED_SPLITS:
-        arrays = data.split(split)
-        probabilities[split] = predict_proba(model, arrays.x)
-        metrics[split] = classification_metrics(
-            np.asarray(arrays.y), probabilities[split], data.classes
-        )
-
+    model = load_model(paths.models_dir(run_name) / entry["model"])
+    predictions = predict_splits(model, data)
+    metrics = evaluate_predictions(predictions, data.classes, run.decision_threshold)
     out_dir.mkdir(parents=True)
     _write_json(out_dir / "metrics.json", {"seed": seed, **metrics})
-    test = data.split("test")
-    y_test = np.asarray(test.y)
     _write_test_figures(
-        out_dir, metrics["test"], y_test, probabilities["test"], data, run, f"seed {seed}"
+        out_dir,
+        metrics["test"],
+        predictions.y["test"],
+        predictions.proba["test"],
+        data,
+        run,
+        f"seed {seed}",
     )
-    return {"metrics": metrics, "test_proba": probabilities["test"]}
+    return {"metrics": metrics, "predictions": predictions}
 
 
 def _write_test_figures(
@@ -254,12 +288,12 @@ def _log_metrics(client: MlflowClient, run_id: str, values: dict[str, float]) ->
 def run_evaluate(params: Params, run_name: str) -> dict[str, Any]:
     """Evaluate every seed of `params.runs[run_name]`; write reports/<run_name>/; log to MLflow.
 
-    Returns the content of metrics.json (NaN as None).
+    Returns the content of details.json (NaN as None); metrics.json holds its headline.
     """
     run = params.run(run_name)
     dataset = params.dataset(run.dataset)
     summary = _read_summary(run_name)
-    data = load_prepared(paths.prepared_dir(run.dataset))
+    data = load_prepared(paths.prepared_dir(run.dataset, run.split_protocol))
     if data.classes != dataset.classes:
         raise EvaluateError(
             f"{data.directory / 'meta.json'}: classes {data.classes} differ from "
@@ -278,37 +312,15 @@ def run_evaluate(params: Params, run_name: str) -> dict[str, Any]:
     return report
 
 
-def _evaluate_into(
-    staging: Path,
-    client: MlflowClient,
-    params: Params,
-    run_name: str,
-    summary: dict[str, Any],
-    data: PreparedData,
+def _details(
+    per_seed: dict[int, dict[str, Any]], ensemble_metrics: dict[str, Any], best_seed: int
 ) -> dict[str, Any]:
-    """Evaluate every seed into `staging` and log to MLflow; return metrics.json's content."""
-    run = params.run(run_name)
-    per_seed: dict[int, dict[str, Any]] = {}
-    for entry in summary["seeds"]:
-        seed = entry["seed"]
-        per_seed[seed] = _evaluate_seed(run_name, run, entry, data, staging / f"seed-{seed}")
-
-    best_seed = summary["best_seed"]
-    y_test = np.asarray(data.split("test").y)
-    best = per_seed[best_seed]
-    _write_plot_data(staging, y_test, best["test_proba"], data.classes)
-    # The best seed's figures were drawn with its evaluation; they are copied, not redrawn.
-    for name in TEST_FIGURES:
-        if (staging / f"seed-{best_seed}" / name).is_file():
-            shutil.copy2(staging / f"seed-{best_seed}" / name, staging / name)
-    histories = {seed: _read_history(run_name, seed) for seed in per_seed}
-    figures.save_training_curves(histories, staging / "training_curves.png")
-
+    """details.json: statistics over seeds, per-seed values and the ensemble's."""
     statistics = {
         split: aggregate([result["metrics"][split] for result in per_seed.values()])
         for split in EVALUATED_SPLITS
     }
-    report = {
+    return {
         **{
             split: {
                 name: {stat: values[stat] for stat in STATISTICS}
@@ -322,13 +334,57 @@ def _evaluate_into(
             }
             for seed, result in per_seed.items()
         },
+        # the mean probabilities of all seeds' models, judged like one model
+        "ensemble": {split: scalar_metrics(ensemble_metrics[split]) for split in EVALUATED_SPLITS},
         "best_seed": best_seed,
         "n_seeds": len(per_seed),
         "std_ddof": STD_DDOF,
     }
-    _write_json(staging / "metrics.json", report)
 
+
+def _evaluate_into(
+    staging: Path,
+    client: MlflowClient,
+    params: Params,
+    run_name: str,
+    summary: dict[str, Any],
+    data: PreparedData,
+) -> dict[str, Any]:
+    """Evaluate every seed into `staging` and log to MLflow; return details.json's content."""
+    run = params.run(run_name)
+    per_seed: dict[int, dict[str, Any]] = {}
+    for entry in summary["seeds"]:
+        seed = entry["seed"]
+        per_seed[seed] = _evaluate_seed(run_name, run, entry, data, staging / f"seed-{seed}")
+    combined = ensemble([result["predictions"] for result in per_seed.values()])
+    ensemble_metrics = evaluate_predictions(combined, data.classes, run.decision_threshold)
+
+    best_seed = summary["best_seed"]
+    best = per_seed[best_seed]["predictions"]
+    _write_plot_data(staging, best.y["test"], best.proba["test"], data.classes)
+    # The best seed's figures were drawn with its evaluation; they are copied, not redrawn.
+    for name in TEST_FIGURES:
+        if (staging / f"seed-{best_seed}" / name).is_file():
+            shutil.copy2(staging / f"seed-{best_seed}" / name, staging / name)
+    histories = {seed: _read_history(run_name, seed) for seed in per_seed}
+    figures.save_training_curves(histories, staging / "training_curves.png")
+
+    report = _details(per_seed, ensemble_metrics, best_seed)
+    _write_json(staging / "details.json", report)
+    _write_json(staging / "metrics.json", headline_metrics(report))
     # MLflow last: a failure above leaves both the store and reports/ untouched.
+    _log_evaluation(client, summary, per_seed, report, staging)
+    return _json_ready(report)
+
+
+def _log_evaluation(
+    client: MlflowClient,
+    summary: dict[str, Any],
+    per_seed: dict[int, dict[str, Any]],
+    report: dict[str, Any],
+    staging: Path,
+) -> None:
+    """Children: val_/test_<metric> and their files; parent: statistics, ensemble, files."""
     for entry in summary["seeds"]:
         seed, run_id = entry["seed"], entry["child_run_id"]
         metrics = per_seed[seed]["metrics"]
@@ -342,18 +398,20 @@ def _evaluate_into(
             },
         )
         client.log_artifacts(run_id, str(staging / f"seed-{seed}"), ARTIFACT_DIR)
-    _log_metrics(
-        client,
-        summary["parent_run_id"],
+    parent = {
+        f"{split}_{name}_{stat}": values[stat]
+        for split in EVALUATED_SPLITS
+        for name, values in report[split].items()
+        for stat in STATISTICS
+    }
+    parent.update(
         {
-            f"{split}_{name}_{stat}": values[stat]
+            f"ensemble_{split}_{name}": value
             for split in EVALUATED_SPLITS
-            for name, values in statistics[split].items()
-            for stat in STATISTICS
-        },
+            for name, value in report["ensemble"][split].items()
+        }
     )
+    _log_metrics(client, summary["parent_run_id"], parent)
     for path in sorted(staging.iterdir()):
         if path.is_file():
             client.log_artifact(summary["parent_run_id"], str(path), ARTIFACT_DIR)
-
-    return _json_ready(report)

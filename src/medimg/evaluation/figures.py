@@ -16,7 +16,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from medimg.predict_image import display_name, format_prediction
+from medimg.inference.captions import display_name, format_prediction
 
 DPI = 100
 CONFUSION_SIZE_IN = (10.0, 4.5)

@@ -118,8 +118,38 @@ def _nanmean_with_note(values: list[float], name: str, notes: list[str]) -> floa
     return float(np.mean(defined))
 
 
+def youden_threshold(y_true: np.ndarray, positive_score: np.ndarray) -> float:
+    """The score threshold with the largest Youden's J = sensitivity + specificity - 1.
+
+    Args:
+        y_true: (N,) 0/1 labels, both present. positive_score: (N,) P(class 1).
+    Returns the lowest score that is called positive (sklearn's roc_curve thresholds);
+    of equal J, the first on the curve (the highest threshold).
+    """
+    is_positive = np.asarray(y_true) == 1
+    _require_both_outcomes(is_positive, "Youden's threshold")
+    fpr, tpr, thresholds = roc_curve(is_positive, np.asarray(positive_score, dtype=np.float64))
+    youden = tpr - fpr
+    # Equal in exact arithmetic can differ in the last bit (2/3 vs 1 - 1/3): compare with a
+    # tolerance so that ties go to the first point, as documented.
+    best = int(np.flatnonzero(youden >= youden.max() - 1e-12)[0])
+    return float(min(thresholds[best], 1.0))  # roc_curve's first threshold is +inf
+
+
+def predicted_classes(proba: np.ndarray, threshold: float | None = None) -> np.ndarray:
+    """(N,) predicted class: the argmax, or for 2 classes P(class 1) >= `threshold` when given."""
+    if threshold is None:
+        return proba.argmax(axis=1)
+    if proba.shape[1] != 2:
+        raise ValueError(f"a decision threshold needs 2 classes, got {proba.shape[1]}")
+    return (proba[:, 1] >= threshold).astype(np.int64)
+
+
 def classification_metrics(
-    y_true: np.ndarray, proba: np.ndarray, class_names: list[str]
+    y_true: np.ndarray,
+    proba: np.ndarray,
+    class_names: list[str],
+    threshold: float | None = None,
 ) -> dict[str, Any]:
     """Every metric of one set of predictions.
 
@@ -127,6 +157,8 @@ def classification_metrics(
         y_true: (N,) int label indices into `class_names`.
         proba: (N, K) class probabilities, K = len(class_names).
         class_names: label index order (DatasetConfig.classes).
+        threshold: two classes only: class 1 is predicted when its probability is at
+            least this (default: the argmax, i.e. 0.5). Ranking metrics do not depend on it.
 
     Returns:
         {"n", "classes", "accuracy", "balanced_accuracy", "precision", "recall",
@@ -140,7 +172,7 @@ def classification_metrics(
     y_true, proba = validate_predictions(y_true, proba, class_names)
     num_classes = len(class_names)
     labels = list(range(num_classes))
-    y_pred = proba.argmax(axis=1)
+    y_pred = predicted_classes(proba, threshold)
     notes: list[str] = []
 
     counts = confusion_matrix(y_true, y_pred, labels=labels)
@@ -183,6 +215,7 @@ def classification_metrics(
         "balanced_accuracy": balanced_accuracy,
     }
     if num_classes == 2:
+        result["threshold"] = 0.5 if threshold is None else float(threshold)
         positive = per_class[class_names[1]]
         for key in ("precision", "recall", "specificity", "f1", "roc_auc", "pr_auc"):
             result[key] = positive[key]

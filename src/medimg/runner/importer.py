@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+import tarfile
+import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -187,9 +189,25 @@ def _aggregates(client: MlflowClient, experiment_id: str, parent_id: str) -> lis
     return metrics
 
 
-def import_results(folder: Path, experiment_prefix: str = "medimg") -> dict[str, str]:
-    """Log every run of a runner results folder; returns {run name: parent run id}."""
-    folder = Path(folder)
+def import_results(source: Path, experiment_prefix: str = "medimg") -> dict[str, str]:
+    """Log every run of a runner results folder, or of the .tar.gz the device call packed it
+    into; returns {run name: parent run id}."""
+    source = Path(source)
+    if source.is_file() and source.name.endswith((".tar.gz", ".tgz")):
+        with tempfile.TemporaryDirectory() as tmp:
+            with tarfile.open(source) as archive:
+                archive.extractall(tmp, filter="data")  # no links or paths outside tmp
+            manifests = sorted(Path(tmp).rglob(MANIFEST_FILE))
+            if len(manifests) != 1:
+                raise ResultsError(
+                    f"{source}: expected one results folder (one {MANIFEST_FILE}) inside, "
+                    f"found {len(manifests)}"
+                )
+            return _import_folder(manifests[0].parent, experiment_prefix)
+    return _import_folder(source, experiment_prefix)
+
+
+def _import_folder(folder: Path, experiment_prefix: str) -> dict[str, str]:
     manifest = read_record(folder / MANIFEST_FILE, RunnerManifest)
     run_dirs = sorted(p.parent for p in folder.glob(f"*/{RUN_FILE}"))
     if not run_dirs:
@@ -208,6 +226,8 @@ def import_results(folder: Path, experiment_prefix: str = "medimg") -> dict[str,
             if (seed_dir / SEED_FILE).is_file():
                 _import_seed(client, experiment_id, parent, record, manifest, seed_dir)
         _log(client, parent, _aggregates(client, experiment_id, parent), [])
+        for extra in sorted(folder.glob("*.txt")):  # e.g. the device's throughput figures
+            client.log_artifact(parent, str(extra), "runner")
         client.set_terminated(parent, "FINISHED")
         parents[record.run] = parent
     return parents

@@ -117,19 +117,20 @@ def train_and_evaluate_seed(run: RunConfig, data, work: Path, seed: int, out: Pa
     """fit_one_seed, then the val/test metrics and figures of its best checkpoint, into `out`
     (written whole or not at all)."""
     from medimg.evaluation import figures
-    from medimg.evaluation.metrics import classification_metrics, roc_points, scalar_metrics
+    from medimg.evaluation.metrics import roc_points, scalar_metrics
+    from medimg.evaluation.seed_evaluation import evaluate_predictions, predict_splits
     from medimg.training.fit import fit_one_seed
-    from medimg.training.predict import load_model, predict_proba
+    from medimg.training.predict import load_model
 
     fit = fit_one_seed(run, data, work, seed)
-    model = load_model(fit.model_path)
+    predictions = predict_splits(load_model(fit.model_path), data)
+    metrics = evaluate_predictions(predictions, data.classes, run.decision_threshold)
+    arrays = {
+        f"{split}_{kind}": getattr(predictions, kind)[split]
+        for split in ("val", "test")
+        for kind in ("y", "proba")
+    }
     with atomic.building(out) as staging:
-        arrays, metrics = {}, {}
-        for split in ("val", "test"):
-            x, y = data.split(split).x, np.asarray(data.split(split).y)
-            proba = predict_proba(model, np.asarray(x))
-            metrics[split] = classification_metrics(y, proba, data.classes)
-            arrays[f"{split}_y"], arrays[f"{split}_proba"] = y, proba
         np.savez_compressed(staging / PREDICTIONS_FILE, **arrays)
         (staging / SEED_METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=float))
         shutil.copy2(work / f"seed-{seed}" / HISTORY_FILE, staging / HISTORY_FILE)

@@ -296,3 +296,28 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
             if self.best is None or sign * (value - self.best) > self.min_delta:
                 self.best = value
                 self.wait = 0
+
+
+class ResumableReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
+    """ReduceLROnPlateau whose patience counts the phase's epochs finished before a resume.
+
+    The learning rate itself is restored with the optimizer; only the best value
+    and the wait counter are replayed here, without reducing anything.
+    """
+
+    def __init__(self, previous_values: Sequence[float], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.previous_values = list(previous_values)
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        super().on_train_begin(logs)
+        if self.previous_values and self.monitor_op is None:
+            self._set_monitor_op()
+        for value in self.previous_values:  # the rule of ReduceLROnPlateau.on_epoch_end
+            if self._is_improvement(value, self.best):
+                self.best = value
+                self.wait = 0
+            else:
+                self.wait += 1
+                if self.wait >= self.patience:  # it reduced the rate then, and started again
+                    self.wait = 0

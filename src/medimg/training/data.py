@@ -81,6 +81,11 @@ class PreparedData:
         return self.splits[name]
 
 
+def _dataset_of(directory: Path) -> str:
+    """The dataset of a prepared folder, data/prepared/<dataset>/<protocol>."""
+    return directory.parent.name
+
+
 def _missing(path: Path, dataset: str) -> PreparedDataMissing:
     return PreparedDataMissing(
         f"{path} not found; run the augment stage first: dvc repro augment@{dataset}"
@@ -90,7 +95,7 @@ def _missing(path: Path, dataset: str) -> PreparedDataMissing:
 def _read_meta(directory: Path) -> dict[str, Any]:
     meta_path = directory / "meta.json"
     if not meta_path.is_file():
-        raise _missing(meta_path, directory.name)
+        raise _missing(meta_path, _dataset_of(directory))
     try:
         meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError as err:
@@ -134,7 +139,7 @@ def load_prepared(prepared_dir: Path) -> PreparedData:
     """
     directory = Path(prepared_dir)
     if not directory.is_dir():
-        raise _missing(directory, directory.name)
+        raise _missing(directory, _dataset_of(directory))
     meta = _read_meta(directory)
     splits = {split: _load_split(directory, split, meta) for split in SPLITS}
     return PreparedData(
@@ -148,18 +153,43 @@ def load_prepared(prepared_dir: Path) -> PreparedData:
     )
 
 
-def loader_augmentation(cfg: TrainAugmentConfig) -> BatchAugment:
-    """Random rotation and zoom of `cfg` on CPU, for ArrayBatches(augment=...).
+def loader_augmentation(cfg: TrainAugmentConfig, geometric: bool) -> BatchAugment | None:
+    """The random augmentation the loader applies on the CPU, for ArrayBatches(augment=...).
 
-    Noise is left out on purpose: it stays in the model (GaussianNoise), which is
-    cheap on every backend. A `functools.partial` of a module-level function, so
-    that it pickles into worker processes.
+    geometric: the loader also rotates and zooms (False when the model does).
+    Intensity augmentation (brightness, contrast, gamma) always runs here: it is
+    element-wise numpy, cheap on every backend. Noise is left out on purpose: it
+    stays in the model (GaussianNoise). None when there is nothing to do. A
+    `functools.partial` of a module-level function, so that it pickles into workers.
     """
-    from medimg.data.augmentation import augment_batch
-
+    if not geometric and not cfg.intensity:
+        return None
     return functools.partial(
-        augment_batch, rotation_deg=cfg.rotation_deg, zoom_range=cfg.zoom_range, noise_std=0.0
+        augment_in_loader,
+        rotation_deg=cfg.rotation_deg if geometric else 0.0,
+        zoom_range=cfg.zoom_range if geometric else (1.0, 1.0),
+        brightness=cfg.brightness,
+        contrast=cfg.contrast,
+        gamma=cfg.gamma,
     )
+
+
+def augment_in_loader(
+    images: np.ndarray,
+    rng: np.random.Generator,
+    rotation_deg: float,
+    zoom_range: tuple[float, float],
+    brightness: float,
+    contrast: float,
+    gamma: float,
+) -> np.ndarray:
+    """Rotation and zoom, then brightness, contrast and gamma: (N, H, W, C) uint8 -> same."""
+    from medimg.data.augmentation import augment_batch
+    from medimg.data.intensity import random_intensity
+
+    if rotation_deg > 0 or tuple(zoom_range) != (1.0, 1.0):
+        images = augment_batch(images, rng, rotation_deg, zoom_range, noise_std=0.0)
+    return random_intensity(images, rng, brightness, contrast, gamma)
 
 
 class ArrayBatches(keras.utils.PyDataset):

@@ -39,6 +39,7 @@ from medimg.models.transfer import load_source_model, transfer_weights
 from medimg.training.checkpoints import (
     EpochRecorder,
     ResumableEarlyStopping,
+    ResumableReduceLROnPlateau,
     ResumeState,
     ResumeStateError,
     SavedState,
@@ -179,31 +180,77 @@ def build_classifier(
     )
 
 
+def smoothed_sparse_categorical_crossentropy(
+    y_true: Any, y_pred: Any, label_smoothing: float = 0.0
+) -> Any:
+    """Categorical cross-entropy of integer labels (N,) and probabilities (N, K), smoothed.
+
+    Keras's SparseCategoricalCrossentropy has no label_smoothing; the labels are
+    one-hot encoded here so that the categorical one applies.
+    """
+    labels = ops.reshape(ops.cast(y_true, "int32"), (-1,))
+    one_hot = ops.one_hot(labels, ops.shape(y_pred)[-1], dtype=y_pred.dtype)
+    return keras.losses.categorical_crossentropy(one_hot, y_pred, label_smoothing=label_smoothing)
+
+
+@keras.saving.register_keras_serializable(package="medimg")
+class SmoothedSparseCategoricalCrossentropy(keras.losses.Loss):
+    """`smoothed_sparse_categorical_crossentropy` as a Loss, so a checkpoint can be saved."""
+
+    def __init__(self, label_smoothing: float = 0.0, name: str = "smoothed_scce", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.label_smoothing = label_smoothing
+
+    def call(self, y_true: Any, y_pred: Any) -> Any:
+        return smoothed_sparse_categorical_crossentropy(y_true, y_pred, self.label_smoothing)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}
+
+
+def _loss(run: RunConfig, num_classes: int) -> Any:
+    if num_classes == 2:
+        return keras.losses.BinaryCrossentropy(label_smoothing=run.label_smoothing)
+    if run.label_smoothing == 0:
+        return "sparse_categorical_crossentropy"
+    return SmoothedSparseCategoricalCrossentropy(run.label_smoothing)
+
+
+def learning_rate_for(run: RunConfig, phase: Phase, steps_per_epoch: int) -> float | Any:
+    """The phase's learning rate: a float, or a cosine schedule over the phase's steps."""
+    schedule = run.lr_schedule
+    if schedule.kind != "cosine":
+        return phase.learning_rate
+    steps = steps_per_epoch * (phase.end_epoch - phase.first_epoch)
+    return keras.optimizers.schedules.CosineDecay(
+        phase.learning_rate, decay_steps=max(1, steps), alpha=schedule.min_lr / phase.learning_rate
+    )
+
+
 def compile_classifier(
-    model: keras.Model, run: RunConfig, num_classes: int, learning_rate: float
+    model: keras.Model, run: RunConfig, num_classes: int, learning_rate: float | Any
 ) -> None:
     """Compile with the run's optimizer at `learning_rate`, the loss, accuracy and "auc"."""
     if num_classes == 2:
-        loss = "binary_crossentropy"
         metrics = [keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")]
     else:
-        loss = "sparse_categorical_crossentropy"
         metrics = [
             keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
             SparseCategoricalAUC(num_classes, name="auc"),
         ]
     model.compile(
         optimizer=OPTIMIZERS[run.optimizer](learning_rate=learning_rate),
-        loss=loss,
+        loss=_loss(run, num_classes),
         metrics=metrics,
         run_eagerly=run.run_eagerly,
     )
 
 
-def configure_phase(model: keras.Model, run: RunConfig, num_classes: int, phase: Phase) -> None:
+def configure_phase(model: keras.Model, run: RunConfig, data: PreparedData, phase: Phase) -> None:
     """Set the phase's trainable layers, then compile (a fresh optimizer) at its rate."""
     set_trainable_top(model.get_layer("backbone"), phase.trainable_top_blocks)
-    compile_classifier(model, run, num_classes, phase.learning_rate)
+    steps_per_epoch = math.ceil(len(data.split("train")) / run.batch_size)
+    compile_classifier(model, run, data.num_classes, learning_rate_for(run, phase, steps_per_epoch))
 
 
 def _open_seed_dir(seed_dir: Path, run: RunConfig) -> SavedState | None:
@@ -237,13 +284,13 @@ def _open_seed_dir(seed_dir: Path, run: RunConfig) -> SavedState | None:
 def _restore(
     model: keras.Model,
     run: RunConfig,
-    num_classes: int,
+    data: PreparedData,
     phases: list[Phase],
     seed_dir: Path,
     state: SavedState,
 ) -> SavedState:
     """Load the saved weights and optimizer; return the state actually loaded."""
-    configure_phase(model, run, num_classes, phases[state.phase])
+    configure_phase(model, run, data, phases[state.phase])
     loaded = ResumeState(seed_dir).restore(model, state)
     history = truncate_history(read_history(seed_dir / HISTORY_FILE), loaded.epoch)
     write_history(seed_dir / HISTORY_FILE, history)
@@ -251,47 +298,72 @@ def _restore(
 
 
 def _loader_settings(run: RunConfig, loader_workers: int | None) -> tuple[bool, int]:
-    """(augment in the loader?, loader threads) for this backend and run."""
+    """(geometric augmentation in the loader?, loader threads) for this backend and run."""
     site = choose_augmentation_site(run.augmentation, keras.backend.backend())
     in_loader = run.augmentation.geometric and site == "loader"
     if loader_workers is None:
-        loader_workers = min(os.cpu_count() or 1, MAX_LOADER_WORKERS) if in_loader else 1
+        busy = in_loader or run.augmentation.intensity
+        loader_workers = min(os.cpu_count() or 1, MAX_LOADER_WORKERS) if busy else 1
     return in_loader, loader_workers
 
 
-def _fit_phase(
-    model: keras.Model,
-    run: RunConfig,
-    data: PreparedData,
-    seed: int,
-    seed_dir: Path,
-    phase_index: int,
-    first_epoch: int,
-    end_epoch: int,
-    callbacks: Sequence[keras.callbacks.Callback],
-    loader: tuple[bool, int],
-    verbose: int | str,
-) -> bool:
-    """model.fit over [first_epoch, end_epoch); returns True when early stopping fired."""
-    augment_in_loader, workers = loader
-    train = data.split("train")
-    val = data.split("val")
-    history = read_history(seed_dir / HISTORY_FILE)
+@dataclass(frozen=True)
+class _SeedSession:
+    """What every phase of one seed's training shares."""
+
+    run: RunConfig
+    data: PreparedData
+    seed: int
+    seed_dir: Path
+    callbacks: Sequence[keras.callbacks.Callback]
+    augment_in_loader: bool
+    loader_workers: int
+    verbose: int | str
+
+
+def _phase_callbacks(
+    session: _SeedSession, index: int, phase: Phase
+) -> list[keras.callbacks.Callback]:
+    """The recorder first (its order matters for a kill), then the run's policies, then the
+    caller's callbacks; early stopping and the plateau schedule replay the history so far."""
+    run = session.run
+    history = read_history(session.seed_dir / HISTORY_FILE)
+    previous = history.get(run.monitor, [])
     mode = MONITOR_MODES[run.monitor]
-    fit_callbacks: list[keras.callbacks.Callback] = [
-        EpochRecorder(seed_dir, history, run.monitor, mode, phase_index)
+    callbacks: list[keras.callbacks.Callback] = [
+        EpochRecorder(session.seed_dir, history, run.monitor, mode, index)
     ]
     if run.early_stopping.enabled:
-        fit_callbacks.append(
+        callbacks.append(
             ResumableEarlyStopping(
-                history.get(run.monitor, []),
+                previous,
                 monitor=run.monitor,
                 mode=mode,
                 patience=run.early_stopping.patience,
                 min_delta=run.early_stopping.min_delta,
             )
         )
-    fit_callbacks.extend(callbacks)
+    if run.lr_schedule.kind == "plateau":
+        callbacks.append(
+            ResumableReduceLROnPlateau(
+                previous[phase.first_epoch :],
+                monitor=run.monitor,
+                mode=mode,
+                factor=run.lr_schedule.factor,
+                patience=run.lr_schedule.patience,
+                min_lr=run.lr_schedule.min_lr,
+            )
+        )
+    return [*callbacks, *session.callbacks]
+
+
+def _fit_phase(
+    session: _SeedSession, model: keras.Model, index: int, phase: Phase, first_epoch: int
+) -> bool:
+    """model.fit over [first_epoch, phase.end_epoch); True when early stopping fired."""
+    run, data = session.run, session.data
+    train, val = data.split("train"), data.split("val")
+    augment = loader_augmentation(run.augmentation, session.augment_in_loader)
     model.fit(
         ArrayBatches(
             train.x,
@@ -299,23 +371,23 @@ def _fit_phase(
             run.batch_size,
             data.num_classes,
             shuffle=True,
-            seed=seed,
-            augment=loader_augmentation(run.augmentation) if augment_in_loader else None,
+            seed=session.seed,
+            augment=augment,
             first_epoch=first_epoch,
-            workers=workers,
+            workers=session.loader_workers,
         ),
         validation_data=ArrayBatches(val.x, val.y, run.batch_size, data.num_classes, shuffle=False),
         initial_epoch=first_epoch,
-        epochs=end_epoch,
+        epochs=phase.end_epoch,
         # None rather than all ones: no per-sample weights to compute for every batch.
         class_weight=(
             None
             if run.class_weights == "none"
             else class_weights_for(run, data.classes, np.asarray(train.y))
         ),
-        callbacks=fit_callbacks,
+        callbacks=_phase_callbacks(session, index, phase),
         shuffle=False,  # ArrayBatches shuffles rows with its own seeded generator
-        verbose=verbose,
+        verbose=session.verbose,
     )
     return bool(model.stop_training)
 
@@ -352,11 +424,12 @@ def fit_one_seed(
     state = _open_seed_dir(seed_dir, run)
     phases = training_phases(run)
     keras.utils.set_random_seed(seed)
-    loader = _loader_settings(run, loader_workers)
-    model = build_classifier(run, data.input_shape, data.num_classes, not loader[0])
+    in_loader, workers = _loader_settings(run, loader_workers)
+    session = _SeedSession(run, data, seed, seed_dir, callbacks, in_loader, workers, verbose)
+    model = build_classifier(run, data.input_shape, data.num_classes, not in_loader)
 
     if state is not None:
-        state = _restore(model, run, data.num_classes, phases, seed_dir, state)
+        state = _restore(model, run, data, phases, seed_dir, state)
     done = 0 if state is None else state.epoch
     started = time.perf_counter()
     if not (state is not None and state.finished):
@@ -364,21 +437,8 @@ def fit_one_seed(
         for index in range(phase_index_at(phases, done), len(phases)):
             phase = phases[index]
             if index != current:
-                configure_phase(model, run, data.num_classes, phase)
-            first = max(done, phase.first_epoch)
-            stopped = _fit_phase(
-                model,
-                run,
-                data,
-                seed,
-                seed_dir,
-                index,
-                first,
-                phase.end_epoch,
-                callbacks,
-                loader,
-                verbose,
-            )
+                configure_phase(model, run, data, phase)
+            stopped = _fit_phase(session, model, index, phase, max(done, phase.first_epoch))
             if stopped:
                 break
         ResumeState(seed_dir).mark_finished()

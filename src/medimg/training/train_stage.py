@@ -22,8 +22,9 @@ import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 
-from medimg import atomic, paths, tracking
+from medimg import atomic, paths, tracking, tracking_callbacks
 from medimg.config import Params, RunConfig
+from medimg.inference.pyfunc import log_classifier_model
 from medimg.models.options import weights_kind
 from medimg.training.checkpoints import read_history
 from medimg.training.data import PreparedData, PreparedDataError, load_prepared
@@ -119,8 +120,11 @@ def _train_seed(
     ) as child:
         mlflow.log_params(tracking.flatten_params(_effective_params(run, data, seed)))
         finished = read_history(work / f"seed-{seed}" / "history.csv")
-        logger = tracking.MlflowEpochLogger(child.info.run_id, mlflow.get_tracking_uri(), finished)
-        fit = _fit_or_reuse(resolve_initial_weights(run), data, work, seed, logger)
+        logger = tracking_callbacks.MlflowEpochLogger(
+            child.info.run_id, mlflow.get_tracking_uri(), finished
+        )
+        seeded = resolve_initial_weights(run, work / "initial-weights")
+        fit = _fit_or_reuse(seeded, data, work, seed, logger)
         mlflow.log_metrics(
             {
                 key: fit[key]
@@ -133,7 +137,7 @@ def _train_seed(
             _history_frame(fit["history"]).to_csv(history_csv, index=False)
             mlflow.log_artifact(str(history_csv))
         examples = np.asarray(data.split("val").x[:INPUT_EXAMPLE_IMAGES])
-        model_id = tracking.log_keras_model(load_model(Path(fit["exported_model"])), examples)
+        model_id = log_classifier_model(Path(fit["exported_model"]), _preprocessing(data), examples)
 
     result = {
         **{key: value for key, value in fit.items() if key != "history"},
@@ -160,18 +164,25 @@ def _effective_params(run: RunConfig, data: PreparedData, seed: int) -> dict[str
     }
 
 
-def resolve_initial_weights(run: RunConfig) -> RunConfig:
+def resolve_initial_weights(run: RunConfig, download_dir: Path) -> RunConfig:
     """`run` with an MLflow model URI in model_options.weights replaced by a local folder.
 
     Training code has no MLflow (it also runs on the GPU machine); MLflow's own
-    download puts the model where fit_one_seed can load it.
+    download puts the model into `download_dir` (once: a resumed stage reuses it).
     """
     weights = run.options().model_dump().get("weights", "none")
     if weights_kind(weights) != "mlflow":
         return run
-    from medimg.inference.model_source import resolve_model_source
+    from medimg.inference.sources import resolve_model_source
 
-    folder = resolve_model_source(weights)
+    found = download_dir / "model-folder.txt"  # where in the download the model is
+    if found.is_file() and Path(found.read_text()).is_dir():
+        folder = Path(found.read_text())
+    else:
+        shutil.rmtree(download_dir, ignore_errors=True)
+        download_dir.mkdir(parents=True)
+        folder = resolve_model_source(weights, download_dir=download_dir)
+        found.write_text(str(folder))
     return run.model_copy(update={"model_options": {**run.model_options, "weights": str(folder)}})
 
 
@@ -264,7 +275,8 @@ SUMMARY_SEED_KEYS = (
 )
 
 
-def _load_checked_data(run: RunConfig) -> PreparedData:
+def load_checked_data(run: RunConfig) -> PreparedData:
+    """The run's prepared arrays, with the meta.json keys the train stage needs."""
     data = load_prepared(paths.prepared_dir(run.dataset, run.split_protocol))
     missing = [key for key in REQUIRED_META_KEYS if key not in data.meta]
     if missing:
@@ -299,13 +311,13 @@ def run_train(params: Params, run_name: str) -> dict[str, Any]:
     of the same configuration while this one runs is refused (RunLockedError).
     """
     run = params.run(run_name)
-    data = _load_checked_data(run)
+    data = load_checked_data(run)
     uri = tracking.tracking_uri()
-    tracking.ensure_reachable(uri)
+    name = tracking.experiment_name(params.tracking.experiment_prefix, run.dataset)
+    tracking.ensure_reachable(uri, experiment=name)
     with exclusive_run(lock_file(run_name), f"run {run_name!r}"):
         mlflow.set_tracking_uri(uri)
         client = MlflowClient(uri)
-        name = tracking.experiment_name(params.tracking.experiment_prefix, run.dataset)
         experiment_id = tracking.get_or_create_experiment(client, name)
         for run_id in tracking.close_orphaned_runs(client, [experiment_id]):
             log.warning("MLflow run %s was left RUNNING by a dead process: marked KILLED", run_id)
@@ -326,7 +338,11 @@ def _train_all(
     dataset = params.dataset(run.dataset)
     tags = _parent_tags(params, run_name, data)
     parent_params = {
-        "run": run.model_dump(mode="json"),
+        # model options with the schema's defaults, so e.g. the weights always show
+        "run": {
+            **run.model_dump(mode="json"),
+            "model_options": run.options().model_dump(mode="json"),
+        },
         "prepare": dataset.prepare.model_dump(mode="json"),
         "split": dataset.split.model_dump(mode="json"),
     }
@@ -365,5 +381,8 @@ def _preprocessing(data: PreparedData) -> dict[str, Any]:
         "image_size": data.image_size,
         "channels": data.channels,
         "aspect": data.meta["aspect"],
+        # arrays prepared before this option existed were not normalised
+        "normalize": data.meta.get("normalize", "none"),
+        "crop": data.meta.get("crop", "none"),
         "input": PREPROCESSING_INPUT,
     }

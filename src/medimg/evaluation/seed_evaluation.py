@@ -1,0 +1,68 @@
+"""One trained model on the val and test splits: probabilities, the decision rule, metrics.
+
+Shared by the evaluate stage and the GPU runner, so a seed is judged the same way
+wherever it trained. The decision rule is chosen on validation data only: the test
+split never sets the threshold it is measured with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from medimg.evaluation.metrics import classification_metrics, youden_threshold
+
+EVALUATED_SPLITS = ("val", "test")
+DecisionRule = Literal["argmax", "youden_val"]
+
+
+@dataclass
+class SplitPredictions:
+    """Labels (N,) and class probabilities (N, K) of each evaluated split."""
+
+    y: dict[str, np.ndarray]
+    proba: dict[str, np.ndarray]
+
+
+def decision_threshold(rule: DecisionRule, val: SplitPredictions) -> float | None:
+    """None for the argmax; for "youden_val" Youden's threshold on the validation split."""
+    if rule == "argmax":
+        return None
+    return youden_threshold(val.y["val"], val.proba["val"][:, 1])
+
+
+def evaluate_predictions(
+    predictions: SplitPredictions, classes: list[str], rule: DecisionRule
+) -> dict[str, dict[str, Any]]:
+    """{split: classification_metrics} with the threshold `rule` picks on validation."""
+    threshold = decision_threshold(rule, predictions)
+    return {
+        split: classification_metrics(
+            predictions.y[split], predictions.proba[split], classes, threshold
+        )
+        for split in EVALUATED_SPLITS
+    }
+
+
+def ensemble(members: list[SplitPredictions]) -> SplitPredictions:
+    """The mean class probabilities of several models (the repeat trainings) per split."""
+    if not members:
+        raise ValueError("an ensemble needs at least one member")
+    return SplitPredictions(
+        y=members[0].y,
+        proba={
+            split: np.mean([m.proba[split] for m in members], axis=0) for split in EVALUATED_SPLITS
+        },
+    )
+
+
+def predict_splits(model: Any, data: Any) -> SplitPredictions:
+    """Class probabilities of `model` (a keras.Model) on `data`'s (PreparedData) val and test."""
+    from medimg.training.predict import predict_proba
+
+    return SplitPredictions(
+        y={split: np.asarray(data.split(split).y) for split in EVALUATED_SPLITS},
+        proba={split: predict_proba(model, data.split(split).x) for split in EVALUATED_SPLITS},
+    )

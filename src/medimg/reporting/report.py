@@ -1,0 +1,199 @@
+"""`medimg report`: reports/report.md and reports/report.html from the runs in MLflow.
+
+The DVC stage `report` runs this after every evaluate stage. Runs imported from the
+GPU machine (`medimg import-results`) are in MLflow only, so DVC does not see them:
+run `medimg report` by hand after an import.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from medimg import paths, tracking
+from medimg.config import Params, parse_params
+from medimg.inference.captions import display_name
+from medimg.reporting import charts
+from medimg.reporting.collect import Configuration, collect_configurations, open_store
+from medimg.reporting.render import FigureImage, Report, Section, to_html, to_markdown
+from medimg.reporting.statistics import CONFIDENCE
+from medimg.reporting.tables import (
+    Settings,
+    detail_table,
+    is_reduced,
+    protocol_table,
+    runs_table,
+    thesis_table,
+)
+from medimg.reporting.thesis import THESIS_RESULTS_FILE, ThesisResults, load_thesis_results
+
+REPORT_FILES = ("report.md", "report.html")
+# The profile whose image sizes and epochs are the thesis's; smaller ones are "reduced".
+FULL_PROFILE = "full"
+SAMPLE_PROFILE = "sample"
+SAMPLE_BANNER = (
+    "Rows marked [sample] were trained on the embedded sample (profile: sample): "
+    "their numbers test the pipeline, not the models. Only full-size rows compare "
+    "with the thesis."
+)
+REDUCED_BANNER = (
+    "Rows marked 'reduced' used smaller images or fewer epochs than the full profile "
+    "(for example a CPU check); their image size and epochs are given beside them."
+)
+
+
+def report_dir() -> Path:
+    """Where the report goes: reports/, beside each run's reports/<run>/."""
+    return paths.root() / "reports"
+
+
+def full_settings(params: Params) -> dict[str, Settings]:
+    """Image size and epochs of each run under the full profile; {} when there is none."""
+    if FULL_PROFILE not in params.profiles:
+        return {}
+    full = parse_params({**params.model_dump(mode="json"), "profile": FULL_PROFILE})
+    return {
+        name: Settings(run.image_size or full.dataset(run.dataset).prepare.image_size, run.epochs)
+        for name, run in full.runs.items()
+    }
+
+
+def _ordered(names: Sequence[str], configs: Sequence[Configuration]) -> list[Configuration]:
+    """`configs` with those named in `names` first, in that order; the rest as they were."""
+    rank = {name: index for index, name in enumerate(names)}
+    return sorted(configs, key=lambda c: rank.get(c.name, len(rank)))
+
+
+def _figures(classes: list[str], configs: Sequence[Configuration]) -> tuple[FigureImage, ...]:
+    figures = []
+    roc = charts.roc_overlay_png(classes, configs)
+    if roc is not None:
+        per_class = (
+            f"the positive class, {display_name(classes[1])}"
+            if len(classes) == 2
+            else "one panel per class, that class against the rest (the macro ROC AUC of "
+            "the tables is the mean of these areas over the repeats)"
+        )
+        figures.append(
+            FigureImage(
+                "ROC curves on the test split",
+                f"Each configuration's best seed (chosen on validation data); {per_class}. "
+                "The legend gives the area under each curve.",
+                roc,
+            )
+        )
+    confusion = charts.confusion_png(classes, configs)
+    if confusion is not None:
+        figures.append(
+            FigureImage(
+                "Confusion matrices on the test split",
+                "Each configuration's best seed: counts, coloured and labelled by the share "
+                "of the actual class (rows).",
+                confusion,
+            )
+        )
+    return tuple(figures)
+
+
+def dataset_section(
+    dataset: str,
+    classes: list[str],
+    thesis: ThesisResults,
+    configs: Sequence[Configuration],
+    full: dict[str, Settings],
+) -> Section:
+    """Tables and figures of one dataset: the thesis comparison, details, protocols."""
+    configs = _ordered(thesis.compared_runs(dataset), configs)
+    published = thesis.datasets.get(dataset)
+    title = published.title if published else dataset
+    tables = []
+    if published:
+        tables.append(thesis_table(published, configs, full, thesis.source))
+    tables.append(detail_table(title, classes, configs))
+    group = thesis.protocol_comparisons.get(dataset, [])
+    if group and any(c.name in group for c in configs):
+        tables.append(protocol_table(title, group, configs))
+    return Section(
+        title=f"{title} ({dataset})",
+        tables=tuple(tables),
+        figures=_figures(classes, configs),
+        notes=() if configs else ("No configuration of this dataset in params.yaml or MLflow.",),
+    )
+
+
+def build_report(
+    params: Params,
+    configs: Sequence[Configuration],
+    thesis: ThesisResults,
+    tracking_uri: str,
+    generated: datetime,
+) -> Report:
+    full = full_settings(params)
+    banners = []
+    if any(c.tag("profile") == SAMPLE_PROFILE for c in configs):
+        banners.append(SAMPLE_BANNER)
+    if any(c.tag("profile") != SAMPLE_PROFILE and is_reduced(c, full.get(c.name)) for c in configs):
+        banners.append(REDUCED_BANNER)
+    notes = (
+        f"Thesis figures: {thesis.source}. {thesis.protocol}",
+        "Ours: generated from the MLflow runs, each configuration trained 'repeats' times "
+        f"(seeds seed, seed+1, ...). Mean ± sample std (ddof 1); {100 * CONFIDENCE:.0f} % "
+        "confidence interval: Student's t over the repeats' values, "
+        "mean ± t(0.975, n−1)·std/√n; none with one repeat.",
+        "Split protocols: official = the dataset's published test set, patient-grouped "
+        "validation; pooled = a re-split with every patient and duplicate cluster on one "
+        "side; thesis = the thesis's protocol (leaky).",
+        "Which runs: the pipeline's latest parent run of each configuration "
+        "(models/<run>/summary.json) and every run imported from the GPU machine "
+        "(tag medimg.imported), the latest per configuration and device. Each row links "
+        "to its MLflow parent run.",
+    )
+    sections = []
+    for dataset, config in params.datasets.items():
+        of_dataset = [c for c in configs if c.dataset == dataset]
+        sections.append(dataset_section(dataset, config.classes, thesis, of_dataset, full))
+    return Report(
+        title="medimg report: the thesis's results and ours",
+        generated=generated.strftime("%Y-%m-%d %H:%M UTC"),
+        tracking_uri=tracking_uri,
+        banners=tuple(banners),
+        notes=notes,
+        sections=tuple(sections),
+        runs=runs_table(configs, full),
+    )
+
+
+def _write_files(contents: dict[Path, str]) -> None:
+    """Each file appears whole: all are written to hidden names first, then renamed."""
+    staged = {}
+    try:
+        for path, text in contents.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            staged[path] = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+            staged[path].write_text(text, encoding="utf-8")
+        for path, temporary in staged.items():
+            os.replace(temporary, path)
+    finally:
+        for temporary in staged.values():
+            temporary.unlink(missing_ok=True)
+
+
+def write_report(params: Params, thesis_file: Path = THESIS_RESULTS_FILE) -> list[Path]:
+    """Read the runs of `params` from MLflow; write reports/report.{md,html}; return the paths.
+
+    Raises ReportError (bad thesis file, summary.json naming a run the store lacks)
+    or TrackingError (store unreachable) before anything is written.
+    """
+    thesis = load_thesis_results(thesis_file)
+    uri = tracking.tracking_uri()
+    client = open_store(uri)
+    configs = collect_configurations(client, params)
+    # Masked: a server URI may carry a password, and the report is meant to be shared.
+    report = build_report(params, configs, thesis, tracking.masked_uri(uri), datetime.now(UTC))
+    markdown, html = to_markdown(report), to_html(report)
+    targets = [report_dir() / name for name in REPORT_FILES]
+    _write_files(dict(zip(targets, (markdown, html), strict=True)))
+    return targets

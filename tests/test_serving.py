@@ -1,0 +1,167 @@
+"""The registered model served over HTTP by `mlflow models serve`, for real, on loopback.
+
+A tiny model is logged with `log_classifier_model` and registered in a temporary sqlite
+store; the MLflow scoring server runs as a subprocess on a free 127.0.0.1 port; an image
+is POSTed to /invocations as base64, and the answer must equal `medimg predict`'s on the
+same file. Takes about half a minute (the server imports TensorFlow).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from inference_support import (
+    BINARY,
+    build_model,
+    gradient_image,
+    log_and_register,
+    save_model_folder,
+)
+from medimg.cli import main
+from medimg.inference.pyfunc import KerasImageClassifier
+
+REPO = Path(__file__).resolve().parents[1]
+NAME = "medimg-served"
+STARTUP_TIMEOUT_S = 180
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    root = tmp_path_factory.mktemp("serving")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        log_and_register(save_model_folder(root / "seed-0", build_model(), BINARY), NAME)
+    port = _free_port()
+    model_uri = f"models:/{NAME}@champion"
+    # The server execs `uvicorn` by name: this interpreter's bin folder first on PATH.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": path}
+    log = (root / "server.log").open("w")
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "models",
+            "serve",
+            "-m",
+            model_uri,
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: the workers stop with it
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_ready(url, server, root / "server.log")
+        yield {"url": url, "uri": uri, "model_uri": model_uri}
+    finally:
+        _stop(server)
+        log.close()
+
+
+def _stop(server: subprocess.Popen) -> None:
+    """Stop the server and its workers (its process group), forcibly after 30 s."""
+    if server.poll() is None:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+
+def _wait_until_ready(url: str, server: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"mlflow models serve exited ({server.returncode}):\n{log.read_text()}")
+        try:
+            if requests.get(f"{url}/ping", timeout=2).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(1)
+    pytest.fail(f"mlflow models serve not ready after {STARTUP_TIMEOUT_S} s:\n{log.read_text()}")
+
+
+def _invoke(url: str, files: list[bytes]) -> requests.Response:
+    rows = [[base64.b64encode(data).decode("ascii")] for data in files]
+    payload = {"dataframe_split": {"columns": ["image"], "data": rows}}
+    return requests.post(f"{url}/invocations", json=payload, timeout=60)
+
+
+def test_served_model_answers_like_medimg_predict(served, tmp_path, capsys, monkeypatch):
+    images = [tmp_path / "scan.png", tmp_path / "export.png"]
+    Image.fromarray(gradient_image(90, 70)).save(images[0])
+    Image.fromarray(gradient_image(64, 64).astype(np.uint16) * 200).save(images[1])  # 16-bit
+
+    response = _invoke(served["url"], [path.read_bytes() for path in images])
+
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", served["uri"])
+    code = main(
+        [
+            "--params",
+            str(REPO / "params.yaml"),
+            "predict",
+            "--model",
+            served["model_uri"],
+            "--format",
+            "json",
+            *map(str, images),
+        ]
+    )
+    assert code == 0
+    local = json.loads(capsys.readouterr().out)["results"]
+    for served_row, local_row in zip(predictions, local, strict=True):
+        assert served_row["predicted_class"] == local_row["predicted_class"]
+        assert served_row["probability"] == pytest.approx(local_row["probability"], abs=1e-6)
+        for label, probability in local_row["probabilities"].items():
+            assert served_row[f"probability_{label}"] == pytest.approx(probability, abs=1e-6)
+
+
+def test_an_unusable_image_is_a_400_naming_its_row(served):
+    good = gradient_image().tobytes()  # raw pixels, not an image file
+    response = _invoke(served["url"], [good])
+    assert response.status_code == 400
+    assert "row 0: cannot read the image" in response.json()["message"]
+
+
+def test_the_wrapper_refuses_a_request_without_the_image_column():
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException, match=r"expected a column 'image'"):
+        KerasImageClassifier().predict(None, pd.DataFrame({"pixels": ["x"]}))
