@@ -153,8 +153,10 @@ def test_mlflow_store_holds_parents_children_and_champion(pipeline: dict) -> Non
         experiment = client.get_experiment_by_name(f"medimg-{dataset}")
         assert experiment is not None
         runs = client.search_runs([experiment.experiment_id], max_results=200)
-        parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-        children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+        # the tune stage's study and trial runs share the experiment; they have roles of
+        # their own ("study", "trial")
+        parents = [r for r in runs if r.data.tags.get("medimg.role") == "parent"]
+        children = [r for r in runs if r.data.tags.get("medimg.role") == "child"]
         configs = [k for k, v in params["runs"].items() if v["dataset"] == dataset]
         assert len(parents) == len(configs)
         assert len(children) == sum(params["runs"][k]["repeats"] for k in configs)
@@ -205,3 +207,19 @@ def test_predict_a_new_image(pipeline: dict) -> None:
     assert document["counts"] == {"ok": n_images}
     for result in document["results"]:
         assert sum(result["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_predict_with_the_registered_champion(pipeline: dict) -> None:
+    """The registered model (a pyfunc holding model.keras and preprocessing.json) answers
+    through its MLflow URI as its local folder does."""
+    repo = pipeline["repo"]
+    image = next((repo / "data" / "sample" / "chest_xray").rglob("*.jpeg"))
+    env = {**pipeline["env"], "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}"}
+    predict = [sys.executable, "-m", "medimg.cli", "predict", "--format", "json"]
+    answers = {}
+    for model in ("models:/medimg-chest_xray@champion", "models:/medimg-chest_xray@xray_cnn-best"):
+        out = _run([*predict, "--model", model, str(image)], repo, env)
+        answers[model] = json.loads(out[out.index("{") : out.rindex("}") + 1])
+    champion = answers["models:/medimg-chest_xray@champion"]["results"][0]
+    assert champion["status"] == "ok"
+    assert sum(champion["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)

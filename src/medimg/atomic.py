@@ -75,3 +75,35 @@ def building(dest: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def write_file(path: Path, data: str | bytes, durable: bool = False) -> None:
+    """Write `data` to `path` whole or not at all: a hidden sibling file, then a rename.
+
+    durable: also fsync the file before the rename and the folder after it, so that
+    a power cut cannot leave an empty file under the new name (training state).
+    """
+    path = Path(path)
+    # Not tempfile.mkstemp: its 0600 permissions would become the output file's.
+    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.partial")
+    try:
+        with partial.open("xb" if isinstance(data, bytes) else "x") as file:
+            file.write(data)
+            if durable:
+                file.flush()
+                os.fsync(file.fileno())
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    if durable:
+        fsync_dir(path.parent)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename in `directory` durable (POSIX: fsync the folder itself)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -149,9 +149,10 @@ PREDICT_PARTLY_FAILED = 3
 def _predict(params: Params | None, args: argparse.Namespace) -> int:
     import tempfile
 
+    from medimg.atomic import write_file
     from medimg.inference.errors import PredictError
     from medimg.inference.predict import predict_inputs
-    from medimg.inference.results import render, write_atomically
+    from medimg.inference.results import render
 
     if args.output is not None and not args.output.parent.is_dir():
         raise PredictError(
@@ -171,7 +172,7 @@ def _predict(params: Params | None, args: argparse.Namespace) -> int:
     if args.output is None:
         sys.stdout.write(text)
     else:
-        write_atomically(args.output, text)
+        write_file(args.output, text)
     failed = run.count("error")
     print(
         f"medimg predict: {run.count('ok')} classified, {failed} could not be classified, "
@@ -301,28 +302,13 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "evaluate", _evaluate, "evaluate a trained configuration on val and test: reports/<run>/"
     ).add_argument("--run", required=True, help="a key of `runs:` in params.yaml")
-    p = add(
-        "tune",
-        _tune,
-        "run an Optuna study over a run (one worker; start several to run trials in parallel): "
-        "reports/tune/<study>/",
-    )
-    p.add_argument("--study", required=True, help="a key of `tune:` in params.yaml")
-    p.add_argument(
-        "--n-trials",
-        type=_positive(int),
-        help="finished trials the study should have, all workers together "
-        "(default: tune.<study>.n_trials)",
-    )
-    p.add_argument(
-        "--timeout",
-        type=_positive(float),
-        help="seconds after which no trial starts (default: none)",
-    )
-    p.add_argument(
-        "--storage",
-        help="Optuna storage: a database URL or a journal file (default: $MEDIMG_OPTUNA_STORAGE, "
-        "else optuna/journal.log)",
+    _add_tune_arguments(
+        add(
+            "tune",
+            _tune,
+            "run an Optuna study over a run (one worker; start several to run trials in "
+            "parallel): reports/tune/<study>/",
+        )
     )
     _add_predict_arguments(add("predict", _predict, "classify new images with a trained model"))
     add(
@@ -353,6 +339,26 @@ def build_parser() -> argparse.ArgumentParser:
         add("stack", _stack, "team mode: start, stop or show PostgreSQL + an MLflow server")
     )
     return parser
+
+
+def _add_tune_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--study", required=True, help="a key of `tune:` in params.yaml")
+    p.add_argument(
+        "--n-trials",
+        type=_positive(int),
+        help="finished trials the study should have, all workers together "
+        "(default: tune.<study>.n_trials)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=_positive(float),
+        help="seconds after which no trial starts (default: none)",
+    )
+    p.add_argument(
+        "--storage",
+        help="Optuna storage: a database URL or a journal file (default: $MEDIMG_OPTUNA_STORAGE, "
+        "else optuna/journal.log)",
+    )
 
 
 def _add_stack_arguments(p: argparse.ArgumentParser) -> None:

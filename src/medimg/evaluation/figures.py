@@ -7,7 +7,7 @@ Each PNG is written to a temporary name and renamed into place.
 
 from __future__ import annotations
 
-import os
+import io
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from medimg import atomic
 from medimg.inference.captions import display_name, format_prediction
 
 DPI = 100
@@ -32,10 +33,10 @@ TRAINING_METRICS = ("loss", "accuracy", "auc")
 def _save(fig: Figure, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    png = io.BytesIO()
     # No bbox_inches="tight": it would change the pixel size from figsize x DPI.
-    fig.savefig(tmp, format="png", dpi=DPI)
-    os.replace(tmp, path)
+    fig.savefig(png, format="png", dpi=DPI)
+    atomic.write_file(path, png.getvalue())
     return path
 
 

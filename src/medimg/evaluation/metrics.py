@@ -145,6 +145,59 @@ def predicted_classes(proba: np.ndarray, threshold: float | None = None) -> np.n
     return (proba[:, 1] >= threshold).astype(np.int64)
 
 
+def _per_class_metrics(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    proba: np.ndarray,
+    counts: np.ndarray,
+    class_names: list[str],
+    notes: list[str],
+) -> dict[str, dict[str, float]]:
+    """One-vs-rest support, precision, recall, specificity, F1, ROC AUC and PR AUC per class."""
+    labels = list(range(len(class_names)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, average=None, zero_division=0
+    )
+    total = counts.sum()
+    per_class: dict[str, dict[str, float]] = {}
+    for k, name in enumerate(class_names):
+        true_pos = counts[k, k]
+        false_pos = counts[:, k].sum() - true_pos
+        false_neg = counts[k, :].sum() - true_pos
+        true_neg = total - true_pos - false_pos - false_neg
+        roc_auc, pr_auc = _ranking_metrics(y_true == k, proba[:, k], name, notes)
+        per_class[name] = {
+            "support": int(support[k]),
+            "precision": float(precision[k]),
+            "recall": float(recall[k]),
+            "specificity": _safe_ratio(true_neg, true_neg + false_pos),
+            "f1": float(f1[k]),
+            "roc_auc": roc_auc,
+            "pr_auc": pr_auc,
+        }
+    return per_class
+
+
+def _multiclass_averages(
+    y_true: np.ndarray,
+    proba: np.ndarray,
+    per_class: dict[str, dict[str, float]],
+    class_names: list[str],
+    notes: list[str],
+) -> dict[str, float]:
+    """Macro averages of the per-class values, and micro-averaged ROC and PR AUC."""
+    averages = {
+        key: float(np.mean([per_class[c][key] for c in class_names]))
+        for key in ("precision", "recall", "specificity", "f1")
+    }
+    for key in ("roc_auc", "pr_auc"):
+        averages[key] = _nanmean_with_note([per_class[c][key] for c in class_names], key, notes)
+    one_hot = np.eye(len(class_names), dtype=np.int64)[y_true]
+    averages["roc_auc_micro"] = float(roc_auc_score(one_hot.ravel(), proba.ravel()))
+    averages["pr_auc_micro"] = float(average_precision_score(one_hot.ravel(), proba.ravel()))
+    return averages
+
+
 def classification_metrics(
     y_true: np.ndarray,
     proba: np.ndarray,
@@ -181,26 +234,7 @@ def classification_metrics(
         counts, row_totals, out=np.zeros(counts.shape, dtype=np.float64), where=row_totals > 0
     )
 
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, average=None, zero_division=0
-    )
-    total = counts.sum()
-    per_class: dict[str, dict[str, float]] = {}
-    for k, name in enumerate(class_names):
-        true_pos = counts[k, k]
-        false_pos = counts[:, k].sum() - true_pos
-        false_neg = counts[k, :].sum() - true_pos
-        true_neg = total - true_pos - false_pos - false_neg
-        roc_auc, pr_auc = _ranking_metrics(y_true == k, proba[:, k], name, notes)
-        per_class[name] = {
-            "support": int(support[k]),
-            "precision": float(precision[k]),
-            "recall": float(recall[k]),
-            "specificity": _safe_ratio(true_neg, true_neg + false_pos),
-            "f1": float(f1[k]),
-            "roc_auc": roc_auc,
-            "pr_auc": pr_auc,
-        }
+    per_class = _per_class_metrics(y_true, y_pred, proba, counts, class_names, notes)
 
     with warnings.catch_warnings():
         # It warns when a predicted class is absent from y_true; the result is still
@@ -220,13 +254,7 @@ def classification_metrics(
         for key in ("precision", "recall", "specificity", "f1", "roc_auc", "pr_auc"):
             result[key] = positive[key]
     else:
-        for key in ("precision", "recall", "specificity", "f1"):
-            result[key] = float(np.mean([per_class[c][key] for c in class_names]))
-        for key in ("roc_auc", "pr_auc"):
-            result[key] = _nanmean_with_note([per_class[c][key] for c in class_names], key, notes)
-        one_hot = np.eye(num_classes, dtype=np.int64)[y_true]
-        result["roc_auc_micro"] = float(roc_auc_score(one_hot.ravel(), proba.ravel()))
-        result["pr_auc_micro"] = float(average_precision_score(one_hot.ravel(), proba.ravel()))
+        result.update(_multiclass_averages(y_true, proba, per_class, class_names, notes))
     # Renormalised for log_loss only: it warns when float32 rows miss 1 by more than
     # 1e-8. The ranking metrics keep the raw scores, whose ties division would reorder.
     normalised = proba / proba.sum(axis=1, keepdims=True)

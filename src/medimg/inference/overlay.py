@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medimg.inference.results import write_atomically
+from medimg.atomic import write_file
 
 HEAT_ALPHA = 0.45  # enough colour to read the map, enough image to see the anatomy under it
 HEAT_COLOURMAP = "jet"
@@ -37,5 +37,5 @@ def write_overlay(path: Path, pixels: np.ndarray, heat_map: np.ndarray, caption:
     ax.set_title(caption, fontsize=9)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI)
-    write_atomically(path, buffer.getvalue())
+    write_file(path, buffer.getvalue())
     return path

@@ -9,11 +9,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import uuid
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 
 from medimg.inference import FORMATS
 from medimg.inference.captions import format_prediction
@@ -101,18 +98,3 @@ def render_csv(results: Sequence[ImageResult], classes: Sequence[str]) -> str:
             row |= {probability_column(c): p for c, p in result.probabilities.items()}
         writer.writerow(row)
     return buffer.getvalue()
-
-
-def write_atomically(path: Path, data: str | bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and a rename,
-    so that `path` holds the old content or the whole new one, never a part."""
-    path = Path(path)
-    # Not tempfile.mkstemp: its 0600 permissions would become the output file's.
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        with tmp.open("xb" if isinstance(data, bytes) else "x") as file:
-            file.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

@@ -7,13 +7,11 @@ run `medimg report` by hand after an import.
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from medimg import paths, tracking
+from medimg import atomic, paths, tracking
 from medimg.config import Params, parse_params
 from medimg.inference.captions import display_name
 from medimg.reporting import charts
@@ -167,18 +165,10 @@ def build_report(
 
 
 def _write_files(contents: dict[Path, str]) -> None:
-    """Each file appears whole: all are written to hidden names first, then renamed."""
-    staged = {}
-    try:
-        for path, text in contents.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            staged[path] = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-            staged[path].write_text(text, encoding="utf-8")
-        for path, temporary in staged.items():
-            os.replace(temporary, path)
-    finally:
-        for temporary in staged.values():
-            temporary.unlink(missing_ok=True)
+    """Each file appears whole (atomic.write_file); all were rendered before the first write."""
+    for path, text in contents.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_file(path, text)
 
 
 def write_report(params: Params, thesis_file: Path = THESIS_RESULTS_FILE) -> list[Path]:

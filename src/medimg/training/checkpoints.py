@@ -35,6 +35,8 @@ from typing import Any
 import keras
 import numpy as np
 
+from medimg import atomic
+
 log = logging.getLogger(__name__)
 
 STATE_DIR = "state"
@@ -44,26 +46,6 @@ EPOCH_COLUMN = "epoch"
 
 class ResumeStateError(RuntimeError):
     """The saved training state cannot be used; the message says which file and what to do."""
-
-
-def fsync_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically: a sibling temporary file, fsync, rename."""
-    partial = path.with_name(f".{path.name}.partial")
-    with open(partial, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(partial, path)
-    fsync_dir(path.parent)
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make a rename in `directory` durable (POSIX: fsync the folder itself)."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _fsync_file(path: Path) -> None:
@@ -93,7 +75,7 @@ def write_history(path: Path, history: dict[str, list[float]]) -> None:
     writer.writerow([EPOCH_COLUMN, *keys])
     for epoch in range(n):
         writer.writerow([epoch, *(repr(float(history[key][epoch])) for key in keys)])
-    fsync_write(Path(path), buffer.getvalue().encode())
+    atomic.write_file(Path(path), buffer.getvalue().encode(), durable=True)
 
 
 def truncate_history(history: dict[str, list[float]], epochs: int) -> dict[str, list[float]]:
@@ -164,7 +146,7 @@ class ResumeState:
             else {"epoch": current.epoch, "phase": current.phase, "weights": current.weights}
         )
         state = {"epoch": epoch, "phase": phase, "weights": weights.name, "previous": previous}
-        fsync_write(self.file, (json.dumps(state, indent=2) + "\n").encode())
+        atomic.write_file(self.file, json.dumps(state, indent=2) + "\n", durable=True)
         keep = {weights.name, *([previous["weights"]] if previous else [])}
         for old in self.directory.glob("epoch-*.weights.h5"):
             if old.name not in keep:
@@ -176,7 +158,9 @@ class ResumeState:
         if state is None:
             raise ResumeStateError(f"{self.file}: no epoch was saved, so none can be finished")
         raw = json.loads(self.file.read_text())
-        fsync_write(self.file, (json.dumps({**raw, "finished": True}, indent=2) + "\n").encode())
+        atomic.write_file(
+            self.file, json.dumps({**raw, "finished": True}, indent=2) + "\n", durable=True
+        )
 
     def restore(self, model: keras.Model, state: SavedState) -> SavedState:
         """Load `state`'s weights into `model` (compiled for `state.phase`); return what was loaded.
@@ -268,7 +252,7 @@ class EpochRecorder(keras.callbacks.Callback):
             self.model.save(partial)
             _fsync_file(partial)
             os.replace(partial, self.seed_dir / "best.keras")
-            fsync_dir(self.seed_dir)
+            atomic.fsync_dir(self.seed_dir)
         self.state.save(self.model, epoch + 1, self.phase)
 
 

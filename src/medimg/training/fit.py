@@ -31,6 +31,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from medimg import atomic
 from medimg.config import RunConfig
 from medimg.models import build_backbone, get_spec
 from medimg.models.blocks import set_trainable_top
@@ -44,7 +45,6 @@ from medimg.training.checkpoints import (
     ResumeStateError,
     SavedState,
     best_epoch_index,
-    fsync_write,
     read_history,
     truncate_history,
     write_history,
@@ -267,7 +267,7 @@ def _open_seed_dir(seed_dir: Path, run: RunConfig) -> SavedState | None:
         # Never started, killed before its first epoch ended, or another configuration.
         shutil.rmtree(seed_dir, ignore_errors=True)
         seed_dir.mkdir(parents=True)
-        fsync_write(config_file, json.dumps(config, indent=2).encode())
+        atomic.write_file(config_file, json.dumps(config, indent=2), durable=True)
         return None
     history = read_history(seed_dir / HISTORY_FILE)
     epochs = len(history.get(run.monitor, []))

@@ -44,9 +44,7 @@ PREPROCESSING_INPUT = "uint8 0-255 pixels, shape (batch, H, W, C); the model res
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    partial = path.with_name(path.name + ".tmp")
-    partial.write_text(json.dumps(obj, indent=2) + "\n")
-    partial.replace(path)
+    atomic.write_file(path, json.dumps(obj, indent=2) + "\n")
 
 
 def _history_frame(history: dict[str, list[float]]) -> pd.DataFrame:

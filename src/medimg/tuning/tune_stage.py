@@ -219,6 +219,18 @@ def _report(
     return summary, record
 
 
+def _recover_from_dead_workers(
+    storage: Any, study: Any, config: Any, tracker: StudyTracker, study_dir: Path
+) -> None:
+    """Fail (and re-queue) the trials of workers that died, and close their MLflow runs."""
+    _close_heartbeat_failures(storage, config, tracker, study_dir)
+    # Trials of dead workers first, so that their MLflow runs end FAILED with the reason,
+    # then any other run a dead process left RUNNING (a seed run of such a trial).
+    _fail_trials_of_dead_workers(study, config, tracker, study_dir, log.warning)
+    for run_id in tracking.close_orphaned_runs(tracker.client, [tracker.experiment_id]):
+        log.warning("MLflow run %s was left RUNNING by a dead process: marked KILLED", run_id)
+
+
 def run_tune(
     params: Params,
     study_name: str,
@@ -258,12 +270,7 @@ def run_tune(
     worker = Worker(study_dir)
     with worker.running():
         tracker = StudyTracker.open(uri, experiment, tags, described, study_dir)
-        _close_heartbeat_failures(storage, config, tracker, study_dir)
-        # Trials of dead workers first, so that their MLflow runs end FAILED with the reason,
-        # then any other run a dead process left RUNNING (a seed run of such a trial).
-        _fail_trials_of_dead_workers(study, config, tracker, study_dir, log.warning)
-        for run_id in tracking.close_orphaned_runs(tracker.client, [tracker.experiment_id]):
-            log.warning("MLflow run %s was left RUNNING by a dead process: marked KILLED", run_id)
+        _recover_from_dead_workers(storage, study, config, tracker, study_dir)
         objective = TrialObjective(config, run, data, study_dir, worker, tracker)
         try:
             _run_trials(
