@@ -2,7 +2,8 @@
 
     python benchmarks/tune_storage.py [--storages journal sqlite postgresql]
         [--workers 1 2 4] [--trials 8] [--epochs 1] [--repeats 3]
-        [--stress-workers 1 2 4 8] [--stress-trials 200] [--json results.json]
+        [--stress-workers 1 2 4 8] [--stress-trials 200]
+        [--queue-workers 2 4 8] [--queue-trials 50] [--json results.json]
 
 One tracking server for every cell: a team stack (PostgreSQL 15 + `mlflow server`,
 started with medimg.team.stack.start_stack, as `medimg stack start` does, durable, in a
@@ -31,7 +32,13 @@ and runs ask, suggest, report and tell in a loop with no training (--stress-tria
 trials each, all processes starting at the same instant), the most a storage is ever
 asked to bear: trials per second and the errors raised.
 
+Part 3, the trial queue (--queue-workers): a study with P x --queue-trials enqueued
+trials (what re-queueing a dead worker's trial makes: WAITING trials with fixed
+parameters), popped by P processes at once with ask, then told: how many trials two
+processes both got (each must be run once), the errors, and the trials left WAITING.
+
 With --repeats R every cell runs R times; the figures are medians, the values listed.
+An empty --workers, --stress-workers or --queue-workers skips that part.
 """
 
 from __future__ import annotations
@@ -381,6 +388,68 @@ def _stress(args: argparse.Namespace, kind: str, workers: int, stack: Any) -> di
     }
 
 
+def _queue_worker(args: argparse.Namespace) -> None:
+    """Part 3: pop enqueued trials with ask and tell them; one JSON line: numbers, errors."""
+    import optuna
+
+    from medimg.tuning.storage import open_storage
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.load_study(study_name=args.study, storage=open_storage(args.storage))
+    time.sleep(max(0.0, args.start_at - time.time()))
+    got: list[int] = []
+    errors: Counter[str] = Counter()
+    for _ in range(args.queue_trials):
+        try:
+            trial = study.ask()
+            got.append(trial.number)
+            study.tell(trial, trial.suggest_float("x", 0.0, 1.0))
+        except Exception as err:
+            errors[_error_key(err)] += 1
+    print(json.dumps({"got": got, "errors": dict(errors)}))
+
+
+def _queue(args: argparse.Namespace, kind: str, workers: int, stack: Any) -> dict:
+    """One cell of part 3: `workers` processes pop one queue of enqueued trials."""
+    import optuna
+
+    from medimg.tuning.storage import open_storage
+
+    with tempfile.TemporaryDirectory(prefix="medimg-storage-queue-") as folder:
+        root = Path(folder)
+        url = _storage_url(kind, root, stack)
+        name = f"queue-{kind}-{workers}-{time.time_ns()}"
+        study = optuna.create_study(storage=open_storage(url), study_name=name)
+        queued = workers * args.queue_trials
+        for k in range(queued):
+            study.enqueue_trial({"x": k / queued})
+        start_at = time.time() + 8 + 1.5 * workers
+        command = [sys.executable, __file__, "--queue-worker", "--storage", url]
+        command += ["--study", name, "--queue-trials", str(args.queue_trials)]
+        command += ["--start-at", str(start_at)]
+        processes = [
+            subprocess.Popen(command, env=_env(None, stack), stdout=subprocess.PIPE, text=True)
+            for _ in range(workers)
+        ]
+        outs = [
+            json.loads(p.communicate(timeout=3600)[0].strip().splitlines()[-1]) for p in processes
+        ]
+        trials = optuna.load_study(study_name=name, storage=open_storage(url)).trials
+    popped = Counter(number for out in outs for number in out["got"])
+    errors: Counter[str] = Counter()
+    for out in outs:
+        errors.update(out["errors"])
+    return {
+        "storage": kind,
+        "workers": workers,
+        "queued": queued,
+        "popped_twice": sum(1 for n in popped.values() if n > 1),
+        "errors": sum(errors.values()),
+        "error_kinds": dict(errors),
+        "left_waiting": sum(t.state.name == "WAITING" for t in trials),
+    }
+
+
 def _start_stack(folder: Path) -> Any:
     from medimg.team.stack import free_port, start_stack
 
@@ -409,7 +478,31 @@ def _fmt(key: str, value: float) -> str:
     return f"{value:.2f}"
 
 
+def _print_queue_table(args: argparse.Namespace, queue: list[dict]) -> None:
+    if not queue:
+        return
+    print(
+        f"\nThe trial queue: P processes pop P x {args.queue_trials} enqueued trials at once; "
+        f"{args.repeats} repeat(s), the values"
+    )
+    print("| storage | processes | queued | popped by two processes | errors | left WAITING |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for kind in args.storages:
+        for workers in args.queue_workers:
+            cell = [r for r in queue if r["storage"] == kind and r["workers"] == workers]
+            if not cell:
+                continue
+            values = [
+                " ; ".join(str(r[key]) for r in cell)
+                for key in ("popped_twice", "errors", "left_waiting")
+            ]
+            print(f"| {kind} | {workers} | {cell[0]['queued']} | {' | '.join(values)} |")
+
+
 def _print_tables(args: argparse.Namespace, rows: list[dict], stress: list[dict]) -> None:
+    if not rows:
+        _print_stress_table(args, stress)
+        return
     import keras
 
     print(
@@ -438,6 +531,10 @@ def _print_tables(args: argparse.Namespace, rows: list[dict], stress: list[dict]
                 f"{_median_cell(cell, 'outside_fit_s_median')} | "
                 f"{_median_cell(cell, 'trials_per_hour')} | {errors} |"
             )
+    _print_stress_table(args, stress)
+
+
+def _print_stress_table(args: argparse.Namespace, stress: list[dict]) -> None:
     if not stress:
         return
     print(
@@ -466,17 +563,20 @@ def _print_tables(args: argparse.Namespace, rows: list[dict], stress: list[dict]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--storages", nargs="+", choices=STORAGES, default=list(STORAGES))
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--workers", type=int, nargs="*", default=[1, 2, 4])
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--prepared", type=Path, help="a prepared_dir to copy (default: tiny)")
     parser.add_argument("--stress-workers", type=int, nargs="*", default=[1, 2, 4, 8])
     parser.add_argument("--stress-trials", type=int, default=200)
+    parser.add_argument("--queue-workers", type=int, nargs="*", default=[2, 4, 8])
+    parser.add_argument("--queue-trials", type=int, default=50)
     parser.add_argument("--json", type=Path, help="also write every cell's figures here")
     # worker modes
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--stress-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--queue-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--params", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--study", help=argparse.SUPPRESS)
     parser.add_argument("--storage", help=argparse.SUPPRESS)
@@ -488,12 +588,16 @@ def main() -> None:
     if args.stress_worker:
         _stress_worker(args)
         return
+    if args.queue_worker:
+        _queue_worker(args)
+        return
 
     from medimg.team.stack import stop_stack
 
     folder = Path(tempfile.mkdtemp(prefix="medimg-storage-bench-stack-"))
     rows: list[dict] = []
     stress: list[dict] = []
+    queue: list[dict] = []
     try:
         stack = _start_stack(folder)
         for repeat in range(args.repeats):
@@ -506,14 +610,18 @@ def main() -> None:
                     print(
                         f"[{repeat + 1}/{args.repeats}] {json.dumps(stress[-1])}", file=sys.stderr
                     )
+                for workers in args.queue_workers:
+                    queue.append(_queue(args, kind, workers, stack))
+                    print(f"[{repeat + 1}/{args.repeats}] {json.dumps(queue[-1])}", file=sys.stderr)
     finally:
         if (folder / "stack" / "pgdata" / "PG_VERSION").is_file():
             stop_stack(folder / "stack")
         shutil.rmtree(folder, ignore_errors=True)
     if args.json:
-        args.json.write_text(json.dumps({"tune": rows, "stress": stress}, indent=2))
+        args.json.write_text(json.dumps({"tune": rows, "stress": stress, "queue": queue}, indent=2))
     print(f"load average at the end: {os.getloadavg()}")
     _print_tables(args, rows, stress)
+    _print_queue_table(args, queue)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 Optuna's RDB storages notice a dead worker by its missing heartbeat (storage.py).
 Optuna 5.0's journal storage has none, so each medimg worker holds an OS lock
 (flock, medimg.training.run_lock) on a file of its own, `<study work>/workers/<id>.lock`,
-as long as it runs, and writes a claim {worker, host, trial} on every trial it starts.
+as long as it runs, and writes a claim {worker, host, pid, trial, lock path} on every
+trial it starts (the full path, so workers of two clones on one host see each other).
 The kernel releases a lock however its process ends, so a worker of the same host that
 can take a claimer's lock knows the claimer is gone: it marks the trial FAIL and
 re-queues its parameters with Optuna's RetryHeartbeatStaleTrialCallback, as the RDB
@@ -65,7 +66,7 @@ class Worker:
         self.host = socket.gethostname()
         self.id = f"{self.host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.workers_dir = study_dir / "workers"
-        self.lock_file = self.workers_dir / f"{self.id}.lock"
+        self.lock_file = (self.workers_dir / f"{self.id}.lock").resolve()
 
     @contextmanager
     def running(self) -> Iterator[None]:
@@ -82,7 +83,14 @@ class Worker:
         """Mark `trial` as run by this worker (first thing in the objective)."""
         trial.set_user_attr(
             CLAIM_ATTR,
-            {"worker": self.id, "host": self.host, "pid": os.getpid(), "trial": trial.number},
+            {
+                "worker": self.id,
+                "host": self.host,
+                "pid": os.getpid(),
+                "trial": trial.number,
+                # the full path: workers of another clone on this host have other folders
+                "lock": str(self.lock_file),
+            },
         )
 
 
@@ -97,7 +105,7 @@ def _claimer_is_gone(trial: FrozenTrial, workers_dir: Path, host: str) -> bool:
         )
     if claim.get("host") != host:
         return False
-    lock_file = workers_dir / f"{claim['worker']}.lock"
+    lock_file = Path(claim.get("lock") or workers_dir / f"{claim['worker']}.lock")
     if not lock_file.exists():
         return True
     try:
