@@ -138,31 +138,6 @@ def _worker(args: argparse.Namespace) -> None:
     )
 
 
-def _write_tiny_prepared(directory: Path) -> None:
-    """The tests' tiny arrays: 24 train, 8 val, 8 test images, 32x32x1, in augment's format."""
-    import numpy as np
-
-    directory.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    counts = {}
-    for split, n in [("train", 24), ("val", 8), ("test", 8)]:
-        y = np.arange(n) % 2
-        x = rng.integers(0, 128, size=(n, SIZE, SIZE, 1)) + 100 * y[:, None, None, None]
-        np.save(directory / f"{split}_x.npy", x.astype(np.uint8))
-        np.save(directory / f"{split}_y.npy", y.astype(np.int64))
-        counts[split] = {c: int((y == i).sum()) for i, c in enumerate(CLASSES)}
-    meta = {
-        "dataset": "chest_xray",
-        "classes": CLASSES,
-        "channels": 1,
-        "image_size": SIZE,
-        "aspect": "stretch",
-        "counts": counts,
-        "source_fingerprint": "b" * 64,
-    }
-    (directory / "meta.json").write_text(json.dumps(meta))
-
-
 def _tiny_params(trials: int, epochs: int, seed: int, image_size: int) -> dict:
     """params.yaml: one tiny run and one study over its learning rate, no pruner."""
     return {
@@ -226,6 +201,7 @@ def _measure(args: argparse.Namespace, kind: str, workers: int, stack: Any) -> d
     """One cell of part 1: `workers` tune workers on a fresh study in storage `kind`."""
     import optuna
 
+    from medimg.testing import write_tiny_prepared
     from medimg.tuning.storage import open_storage
 
     with tempfile.TemporaryDirectory(prefix="medimg-storage-bench-") as folder:
@@ -235,7 +211,7 @@ def _measure(args: argparse.Namespace, kind: str, workers: int, stack: Any) -> d
             shutil.copytree(args.prepared, prepared)
             image_size = json.loads((prepared / "meta.json").read_text())["image_size"]
         else:
-            _write_tiny_prepared(prepared)
+            write_tiny_prepared(root, fingerprint="b" * 64)
             image_size = SIZE
         seed = int(time.time() * 1000) % 2**31
         params_file = root / "params.yaml"

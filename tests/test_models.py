@@ -365,8 +365,7 @@ def test_training_phases_follow_fine_tuning():
 def test_a_run_seeded_from_a_registered_mlflow_model_starts_from_its_weights(tmp_path, monkeypatch):
     """The thesis's future work: the X-ray model's layers as the MRI model's starting point,
     given as `models:/<name>@<alias>` (downloaded with MLflow's own client)."""
-    from tests.inference_support import log_and_register, save_model_folder
-
+    from inference_support import log_and_register, save_model_folder
     from medimg.training.train_stage import resolve_initial_weights
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")

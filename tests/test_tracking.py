@@ -162,6 +162,24 @@ def test_resumable_run_continues_the_run_named_in_its_id_file(
     assert len(store.search_runs([experiment_id])) == 1
 
 
+def test_a_store_failure_leaves_the_run_running_and_off_the_active_stack(
+    store: MlflowClient, experiment_id: str, tmp_path: Path
+) -> None:
+    """TrackingError: the store is not told (it failed); the process can start the run again."""
+    id_file = tmp_path / "work" / "seed-0.mlflow_run_id"
+    with (
+        pytest.raises(tracking.TrackingError),
+        tracking.resumable_run(id_file, experiment_id, "r/seed-0", {"medimg.seed": "0"}) as run,
+    ):
+        raise tracking.TrackingError("store down")
+    assert mlflow.active_run() is None
+    assert store.get_run(run.info.run_id).info.status == "RUNNING"
+    with tracking.resumable_run(id_file, experiment_id, "r/seed-0", {"medimg.seed": "0"}) as again:
+        pass
+    assert again.info.run_id == run.info.run_id
+    assert store.get_run(run.info.run_id).info.status == "FINISHED"
+
+
 def test_run_tags_name_the_commit_and_whether_the_tree_is_dirty(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -14,6 +14,7 @@ from mlflow import MlflowClient
 
 from medimg import paths, tracking
 from medimg.config import Params, parse_params
+from medimg.testing import write_tiny_prepared
 from medimg.training.train_stage import run_train
 
 CLASSES = ["NORMAL", "PNEUMONIA"]
@@ -51,33 +52,7 @@ def _params() -> Params:
 
 
 def _write_prepared(root: Path) -> None:
-    """24 train, 8 val, 8 test images, 32x32x1, in the augment stage's format."""
-    directory = root / "data" / "prepared" / "chest_xray" / "official"
-    directory.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    counts = {}
-    for split, n in [("train", 24), ("val", 8), ("test", 8)]:
-        y = np.arange(n) % 2
-        # class 1 is brighter, so the tiny model can learn something
-        x = rng.integers(0, 128, size=(n, SIZE, SIZE, 1)) + 100 * y[:, None, None, None]
-        np.save(directory / f"{split}_x.npy", x.astype(np.uint8))
-        np.save(directory / f"{split}_y.npy", y.astype(np.int64))
-        pd.DataFrame(
-            {"path": [f"images/{split}/{i}.jpeg" for i in range(n)], "label": y, "copy": 0}
-        ).to_csv(directory / f"{split}.csv", index=False)
-        counts[split] = {c: int((y == i).sum()) for i, c in enumerate(CLASSES)}
-    meta = {
-        "dataset": "chest_xray",
-        "classes": CLASSES,
-        "channels": 1,
-        "image_size": SIZE,
-        "aspect": "stretch",
-        "counts": counts,
-        "n_train_original": 24,
-        "offline_augment": {"copies": 0},
-        "source_fingerprint": "a" * 64,
-    }
-    (directory / "meta.json").write_text(json.dumps(meta))
+    write_tiny_prepared(root)
 
 
 @pytest.fixture

@@ -44,7 +44,7 @@ TRAINER = textwrap.dedent(
 
 @pytest.fixture
 def prepared(tmp_path: Path) -> Path:
-    from tests.test_fit import write_prepared
+    from test_fit import write_prepared
 
     write_prepared(tmp_path / "chest_xray", ["NORMAL", "PNEUMONIA"], n=16, size=16)
     return tmp_path / "chest_xray"
@@ -224,9 +224,8 @@ def test_epoch_logger_backfills_epochs_the_killed_process_did_not_log(tmp_path: 
 def test_logging_that_failed_after_training_is_redone_without_training_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tests.test_train_stage import _params, _write_prepared
-
     from medimg.training import train_stage
+    from test_train_stage import _params, _write_prepared
 
     monkeypatch.setenv("MEDIMG_ROOT", str(tmp_path))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -9,7 +9,6 @@ import keras
 import numpy as np
 import pytest
 from PIL import Image
-from tests.test_fit import write_prepared
 
 from medimg.config import LearningRateScheduleConfig, RunConfig
 from medimg.data.intensity import normalize_image, random_intensity
@@ -18,6 +17,7 @@ from medimg.evaluation.seed_evaluation import SplitPredictions, ensemble, evalua
 from medimg.training.checkpoints import ResumableReduceLROnPlateau
 from medimg.training.data import load_prepared
 from medimg.training.fit import fit_one_seed, smoothed_sparse_categorical_crossentropy
+from test_fit import write_prepared
 
 
 def _run(**overrides) -> RunConfig:

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import optuna
 import pytest
 import yaml
@@ -23,6 +22,7 @@ from optuna.trial import TrialState
 
 from medimg import tracking
 from medimg.config import ParamsError, parse_params, run_with_values
+from medimg.testing import write_tiny_prepared
 from medimg.training.data import load_prepared
 from medimg.tuning.storage import (
     HEARTBEAT_INTERVAL_S,
@@ -41,28 +41,7 @@ STUDY = "tiny_lr"
 
 
 def _write_prepared(root: Path) -> None:
-    """24 train, 8 val, 8 test images, 32x32x1, in the augment stage's format."""
-    directory = root / "data" / "prepared" / "chest_xray" / "official"
-    directory.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    counts = {}
-    for split, n in [("train", 24), ("val", 8), ("test", 8)]:
-        y = np.arange(n) % 2
-        # class 1 is brighter, so the tiny model can learn something
-        x = rng.integers(0, 128, size=(n, SIZE, SIZE, 1)) + 100 * y[:, None, None, None]
-        np.save(directory / f"{split}_x.npy", x.astype(np.uint8))
-        np.save(directory / f"{split}_y.npy", y.astype(np.int64))
-        counts[split] = {c: int((y == i).sum()) for i, c in enumerate(CLASSES)}
-    meta = {
-        "dataset": "chest_xray",
-        "classes": CLASSES,
-        "channels": 1,
-        "image_size": SIZE,
-        "aspect": "stretch",
-        "counts": counts,
-        "source_fingerprint": "a" * 64,
-    }
-    (directory / "meta.json").write_text(json.dumps(meta))
+    write_tiny_prepared(root)
 
 
 def _raw(study: dict | None = None, epochs: int = 3) -> dict:

@@ -23,9 +23,11 @@ from urllib.parse import quote, urlparse, urlsplit, urlunsplit
 from urllib.request import url2pathname
 
 import mlflow
+import mlflow.tracking.fluent as mlflow_fluent
 import requests
 from mlflow import MlflowClient
 from mlflow.entities import Run
+from mlflow.environment_variables import MLFLOW_RUN_ID
 from mlflow.exceptions import MlflowException
 
 import medimg
@@ -127,7 +129,8 @@ def _check_sqlite_store(uri: str) -> None:
     folder = db.parent
     if not folder.exists() and folder.resolve() == paths.mlruns_dir():
         try:
-            folder.mkdir(parents=True)
+            # exist_ok: parallel workers (tune, team) may create it at the same moment.
+            folder.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise TrackingError(
                 f"MLflow store {uri}: cannot create the folder {folder} ({err.strerror})"
@@ -428,6 +431,7 @@ def resumable_run(
     try:
         yield run
     except TrackingError:
+        _forget_active_run(run.info.run_id)
         raise
     except BaseException as err:
         status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
@@ -439,6 +443,19 @@ def resumable_run(
             )
         raise
     mlflow.end_run()
+
+
+def _forget_active_run(run_id: str) -> None:
+    """Take `run_id` off this process's active-run stack without telling the store.
+
+    MLflow has no public call for this. `mlflow.end_run()` would retry the failed store
+    for minutes; leaving the run on the stack would make the next `start_run` in this
+    process refuse ("already active") and MLflow's exit hook mark the run FINISHED.
+    """
+    stack = mlflow_fluent._active_run_stack.get()
+    if stack and stack[-1].info.run_id == run_id:
+        stack.pop()
+        MLFLOW_RUN_ID.unset()
 
 
 def registered_model_name(prefix: str, dataset: str) -> str:

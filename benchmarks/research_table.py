@@ -1,0 +1,88 @@
+"""Print the research variants of docs/research/*.json as Markdown tables, one per
+dataset and decision rule: mean ± std over the seeds (ddof=1), then the ensemble of the
+seeds' predictions, validation first, test after.
+
+    python benchmarks/research_table.py                     # every variant
+    python benchmarks/research_table.py xray_baseline xray_balanced
+
+The tables in docs/research.md are this script's output, pasted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+RESEARCH = Path(__file__).resolve().parents[1] / "docs" / "research"
+BINARY_COLUMNS = ("accuracy", "roc_auc", "specificity", "recall")
+MULTICLASS_COLUMNS = ("accuracy", "balanced_accuracy", "roc_auc", "f1")
+
+
+def _cell(summary: dict, metric: str) -> str:
+    value = summary.get(metric)
+    if value is None:
+        return "–"
+    if value.get("std") is None:
+        return f"{value['mean']:.3f}"
+    return f"{value['mean']:.3f} ± {value['std']:.3f}"
+
+
+def _plain(ensemble: dict, metric: str) -> str:
+    value = ensemble.get(metric) if ensemble else None
+    return "–" if value is None else f"{value:.3f}"
+
+
+def _columns(variant: dict) -> tuple[str, ...]:
+    # a binary variant's per-seed rows carry the decision threshold they used
+    first_seed = next(iter(variant["results"]["argmax"]["test_per_seed"].values()))
+    return BINARY_COLUMNS if "threshold" in first_seed else MULTICLASS_COLUMNS
+
+
+def table(variants: list[dict], rule: str) -> str:
+    """One Markdown table of the variants under one decision rule (argmax, youden_val)."""
+    columns = _columns(variants[0])
+    header = (
+        ["variant", "seeds", "changed", "val accuracy"]
+        + [f"test {c}" for c in columns]
+        + ["ensemble test accuracy", "s / seed"]
+    )
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for variant in variants:
+        results = variant["results"].get(rule)
+        if results is None:
+            continue
+        seconds = sorted(variant["train_seconds_per_seed"])
+        median = seconds[len(seconds) // 2]
+        changed = ", ".join(variant["settings"] + variant["dataset_settings"]) or "(profile)"
+        row = [
+            variant["name"],
+            str(len(variant["train_seconds_per_seed"])),
+            f"`{changed}`",
+            _cell(results["val"], "accuracy"),
+            *(_cell(results["test"], c) for c in columns),
+            _plain(results.get("test_ensemble"), "accuracy"),
+            f"{median:.0f}",
+        ]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help="variant names (default: all)")
+    args = parser.parse_args()
+    files = [RESEARCH / f"{n}.json" for n in args.names] or sorted(RESEARCH.glob("*.json"))
+    variants = [json.loads(f.read_text()) for f in files]
+    by_dataset: dict[str, list[dict]] = {}
+    for variant in variants:
+        by_dataset.setdefault(variant["run"], []).append(variant)
+    for run, group in by_dataset.items():
+        for rule in ("argmax", "youden_val"):
+            if any(rule in v["results"] for v in group):
+                print(f"\n### `{run}`, decision rule `{rule}`\n")
+                print(table(group, rule))
+
+
+if __name__ == "__main__":
+    main()
