@@ -235,6 +235,12 @@ class RunConfig(_Strict):
     image_size: Annotated[int, Field(ge=8)] | None = Field(
         None, description="model input size; None = the prepared size"
     )
+    batch_norm_statistics: Literal["training", "clean"] = Field(
+        "training",
+        description="'clean': after training, the kept checkpoint's batch-norm statistics "
+        "are recomputed on clean (unaugmented) training images; see "
+        "medimg.training.batch_norm",
+    )
     augmentation: TrainAugmentConfig = TrainAugmentConfig()
     monitor: Literal["val_auc", "val_accuracy", "val_loss"] = "val_auc"
     run_eagerly: bool = Field(

@@ -53,6 +53,15 @@ def _fsync_file(path: Path) -> None:
         os.fsync(f.fileno())
 
 
+def save_model_atomically(model: keras.Model, dest: Path) -> None:
+    """model.save() to `dest` through a partial file, fsynced, then renamed over it."""
+    partial = dest.with_name(f".{dest.stem}.partial{dest.suffix}")
+    model.save(partial)
+    _fsync_file(partial)
+    os.replace(partial, dest)
+    atomic.fsync_dir(dest.parent)
+
+
 # ----------------------------------------------------------------------------- history
 
 
@@ -248,11 +257,7 @@ class EpochRecorder(keras.callbacks.Callback):
         value = row.get(self.monitor, math.nan)
         if self._improved(value):
             self.best = value
-            partial = self.seed_dir / ".best.partial.keras"
-            self.model.save(partial)
-            _fsync_file(partial)
-            os.replace(partial, self.seed_dir / "best.keras")
-            atomic.fsync_dir(self.seed_dir)
+            save_model_atomically(self.model, self.seed_dir / "best.keras")
         self.state.save(self.model, epoch + 1, self.phase)
 
 

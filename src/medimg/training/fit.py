@@ -37,6 +37,7 @@ from medimg.models import build_backbone, get_spec
 from medimg.models.blocks import set_trainable_top
 from medimg.models.options import weights_kind
 from medimg.models.transfer import load_source_model, transfer_weights
+from medimg.training.batch_norm import clean_training_sample, recompute_batch_norm_statistics
 from medimg.training.checkpoints import (
     EpochRecorder,
     ResumableEarlyStopping,
@@ -46,6 +47,7 @@ from medimg.training.checkpoints import (
     SavedState,
     best_epoch_index,
     read_history,
+    save_model_atomically,
     truncate_history,
     write_history,
 )
@@ -441,9 +443,26 @@ def fit_one_seed(
             stopped = _fit_phase(session, model, index, phase, max(done, phase.first_epoch))
             if stopped:
                 break
+        if run.batch_norm_statistics == "clean":
+            _clean_batch_norm_statistics(seed_dir / CHECKPOINT_FILE, data, seed)
         ResumeState(seed_dir).mark_finished()
     train_seconds = time.perf_counter() - started
     return _result(run, data, seed, seed_dir, done, train_seconds)
+
+
+def _clean_batch_norm_statistics(checkpoint: Path, data: PreparedData, seed: int) -> None:
+    """Rewrite the kept checkpoint with batch-norm statistics of clean training images.
+
+    Before mark_finished, and atomically: a kill here leaves the checkpoint as it was and
+    the seed unfinished, and the re-run recomputes (the result depends only on the
+    weights and the seeded sample, so doing it twice changes nothing).
+    """
+    if not checkpoint.is_file():
+        return  # no epoch had a finite monitor value; _result says so
+    model = keras.saving.load_model(checkpoint, compile=False)
+    images = clean_training_sample(data.split("train").x, seed)
+    recompute_batch_norm_statistics(model, images)
+    save_model_atomically(model, checkpoint)
 
 
 def _result(
