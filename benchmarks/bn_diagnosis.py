@@ -45,7 +45,11 @@ def diagnose(seed_folder: Path, prepared: Path, train_images: int, batch: int) -
     train_y = train_y_all[pick]
     val_x = np.load(prepared / "val_x.npy", mmap_mode="r")
     val_y = np.load(prepared / "val_y.npy")
-    model = keras.saving.load_model(seed_folder / "model.keras", compile=False)
+    # a train stage's seed folder (model.keras), or a work folder's kept checkpoint
+    saved = seed_folder / "model.keras"
+    if not saved.is_file():
+        saved = seed_folder / "best.keras"
+    model = keras.saving.load_model(saved, compile=False)
     before = {"train": accuracy(model, train_x, train_y), "val": accuracy(model, val_x, val_y)}
     recompute_batch_norm_statistics(model, clean_training_sample(train_x_all, seed=0), batch)
     after = {"train": accuracy(model, train_x, train_y), "val": accuracy(model, val_x, val_y)}

@@ -14,6 +14,8 @@ import argparse
 import json
 from pathlib import Path
 
+import yaml
+
 RESEARCH = Path(__file__).resolve().parents[1] / "docs" / "research"
 BINARY_COLUMNS = ("accuracy", "roc_auc", "specificity", "recall")
 MULTICLASS_COLUMNS = ("accuracy", "balanced_accuracy", "roc_auc", "f1")
@@ -43,7 +45,7 @@ def table(variants: list[dict], rule: str) -> str:
     """One Markdown table of the variants under one decision rule (argmax, youden_val)."""
     columns = _columns(variants[0])
     header = (
-        ["variant", "seeds", "changed", "val accuracy"]
+        ["variant", "seeds", "changed", "val accuracy", "val roc_auc"]
         + [f"test {c}" for c in columns]
         + ["ensemble test accuracy", "s / seed"]
     )
@@ -56,10 +58,11 @@ def table(variants: list[dict], rule: str) -> str:
         median = seconds[len(seconds) // 2]
         changed = ", ".join(variant["settings"] + variant["dataset_settings"]) or "(profile)"
         row = [
-            variant["name"],
+            f"{variant['name']} (`{variant['run']}`)",
             str(len(variant["train_seconds_per_seed"])),
             f"`{changed}`",
             _cell(results["val"], "accuracy"),
+            _cell(results["val"], "roc_auc"),
             *(_cell(results["test"], c) for c in columns),
             _plain(results.get("test_ensemble"), "accuracy"),
             f"{median:.0f}",
@@ -74,13 +77,14 @@ def main() -> None:
     args = parser.parse_args()
     files = [RESEARCH / f"{n}.json" for n in args.names] or sorted(RESEARCH.glob("*.json"))
     variants = [json.loads(f.read_text()) for f in files]
+    runs = yaml.safe_load((RESEARCH.parents[1] / "params.yaml").read_text())["runs"]
     by_dataset: dict[str, list[dict]] = {}
     for variant in variants:
-        by_dataset.setdefault(variant["run"], []).append(variant)
-    for run, group in by_dataset.items():
+        by_dataset.setdefault(runs[variant["run"]]["dataset"], []).append(variant)
+    for dataset, group in by_dataset.items():
         for rule in ("argmax", "youden_val"):
             if any(rule in v["results"] for v in group):
-                print(f"\n### `{run}`, decision rule `{rule}`\n")
+                print(f"\n### {dataset}, decision rule `{rule}`\n")
                 print(table(group, rule))
 
 
