@@ -71,7 +71,6 @@ STORAGE_ERROR = re.compile(
 )
 # Called from the heartbeat thread, not on a trial's path.
 UNTIMED = {"record_heartbeat"}
-CLASSES = ["NORMAL", "PNEUMONIA"]
 SIZE = 32
 
 
@@ -140,18 +139,11 @@ def _worker(args: argparse.Namespace) -> None:
 
 def _tiny_params(trials: int, epochs: int, seed: int, image_size: int) -> dict:
     """params.yaml: one tiny run and one study over its learning rate, no pruner."""
+    from medimg.testing import tiny_datasets
+
     return {
         "profile": "sample",
-        "datasets": {
-            "chest_xray": {
-                "layout": "chest_xray",
-                "classes": CLASSES,
-                "channels": 1,
-                "fetch": {"source": "data/sample/chest_xray"},
-                "split": {"protocols": ["official"]},
-                "prepare": {"image_size": image_size},
-            }
-        },
+        "datasets": tiny_datasets(image_size),
         "runs": {
             "tiny": {
                 "dataset": "chest_xray",

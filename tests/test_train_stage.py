@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 
 from medimg import paths, tracking
 from medimg.config import Params, parse_params
-from medimg.testing import write_tiny_prepared
+from medimg.testing import tiny_datasets, write_tiny_prepared
 from medimg.training.train_stage import run_train
 
 CLASSES = ["NORMAL", "PNEUMONIA"]
@@ -35,16 +35,7 @@ def _params() -> Params:
     }
     raw = {
         "profile": "sample",
-        "datasets": {
-            "chest_xray": {
-                "layout": "chest_xray",
-                "classes": CLASSES,
-                "channels": 1,
-                "fetch": {"source": "data/sample/chest_xray"},
-                "split": {"protocols": ["official"]},
-                "prepare": {"image_size": SIZE},
-            }
-        },
+        "datasets": tiny_datasets(SIZE),
         # tiny_lr trains one seed only: it is there to compete for the champion alias
         "runs": {"tiny": run, "tiny_lr": {**run, "learning_rate": 0.01, "repeats": 1}},
     }

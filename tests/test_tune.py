@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 
 from medimg import tracking
 from medimg.config import ParamsError, parse_params, run_with_values
-from medimg.testing import write_tiny_prepared
+from medimg.testing import tiny_datasets, write_tiny_prepared
 from medimg.training.data import load_prepared
 from medimg.tuning.storage import (
     HEARTBEAT_INTERVAL_S,
@@ -35,7 +35,6 @@ from medimg.tuning.storage import (
 from medimg.tuning.study import storage_study_name, study_definition
 from medimg.tuning.tune_stage import reports_dir, run_tune
 
-CLASSES = ["NORMAL", "PNEUMONIA"]
 SIZE = 32
 STUDY = "tiny_lr"
 
@@ -68,16 +67,7 @@ def _raw(study: dict | None = None, epochs: int = 3) -> dict:
     }
     return {
         "profile": "sample",
-        "datasets": {
-            "chest_xray": {
-                "layout": "chest_xray",
-                "classes": CLASSES,
-                "channels": 1,
-                "fetch": {"source": "data/sample/chest_xray"},
-                "split": {"protocols": ["official"]},
-                "prepare": {"image_size": SIZE},
-            }
-        },
+        "datasets": tiny_datasets(SIZE),
         "runs": {"tiny": run},
         "tune": {STUDY: {**base_study, **(study or {})}},
     }

@@ -17,6 +17,21 @@ TINY_SIZE = 32
 TINY_COUNTS = {"train": 24, "val": 8, "test": 8}
 
 
+def tiny_datasets(image_size: int = TINY_SIZE) -> dict:
+    """The `datasets:` section of params.yaml for these arrays: the embedded X-ray sample
+    as source (fetch and split are never run on it), prepared at `image_size`."""
+    return {
+        "chest_xray": {
+            "layout": "chest_xray",
+            "classes": list(TINY_CLASSES),
+            "channels": 1,
+            "fetch": {"source": "data/sample/chest_xray"},
+            "split": {"protocols": ["official"]},
+            "prepare": {"image_size": image_size},
+        }
+    }
+
+
 def write_tiny_prepared(root: Path, fingerprint: str = "a" * 64) -> Path:
     """data/prepared/chest_xray/official/ under `root`: 24 train, 8 val and 8 test images,
     32x32x1, classes alternating; class 1 is brighter, so a tiny model learns something.
