@@ -55,6 +55,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -446,6 +447,17 @@ def _fmt(key: str, value: float) -> str:
     return f"{value:.2f}"
 
 
+def _cells(
+    results: list[dict], storages: list[str], worker_counts: list[int]
+) -> Iterator[tuple[str, int, list[dict]]]:
+    """(storage, workers, its repeats) for every measured cell, in table order."""
+    for kind in storages:
+        for workers in worker_counts:
+            cell = [r for r in results if r["storage"] == kind and r["workers"] == workers]
+            if cell:
+                yield kind, workers, cell
+
+
 def _print_queue_table(args: argparse.Namespace, queue: list[dict]) -> None:
     if not queue:
         return
@@ -455,16 +467,12 @@ def _print_queue_table(args: argparse.Namespace, queue: list[dict]) -> None:
     )
     print("| storage | processes | queued | popped by two processes | errors | left WAITING |")
     print("| --- | --- | --- | --- | --- | --- |")
-    for kind in args.storages:
-        for workers in args.queue_workers:
-            cell = [r for r in queue if r["storage"] == kind and r["workers"] == workers]
-            if not cell:
-                continue
-            values = [
-                " ; ".join(str(r[key]) for r in cell)
-                for key in ("popped_twice", "errors", "left_waiting")
-            ]
-            print(f"| {kind} | {workers} | {cell[0]['queued']} | {' | '.join(values)} |")
+    for kind, workers, cell in _cells(queue, args.storages, args.queue_workers):
+        values = [
+            " ; ".join(str(r[key]) for r in cell)
+            for key in ("popped_twice", "errors", "left_waiting")
+        ]
+        print(f"| {kind} | {workers} | {cell[0]['queued']} | {' | '.join(values)} |")
 
 
 def _print_tables(args: argparse.Namespace, rows: list[dict], stress: list[dict]) -> None:
@@ -484,21 +492,17 @@ def _print_tables(args: argparse.Namespace, rows: list[dict], stress: list[dict]
         "FAIL trials / failed workers |"
     )
     print("| --- | --- | --- | --- | --- | --- | --- |")
-    for kind in args.storages:
-        for workers in args.workers:
-            cell = [r for r in rows if r["storage"] == kind and r["workers"] == workers]
-            if not cell:
-                continue
-            split = " ; ".join("/".join(map(str, r["trials_per_worker"])) for r in cell)
-            errors = " ; ".join(
-                f"{r['error_lines']} / {r['fail_trials']} / {r['failed_workers']}" for r in cell
-            )
-            print(
-                f"| {kind} | {workers} | {statistics.median(r['trials'] for r in cell):.0f} "
-                f"({split}) | {_median_cell(cell, 'storage_s_per_trial')} | "
-                f"{_median_cell(cell, 'outside_fit_s_median')} | "
-                f"{_median_cell(cell, 'trials_per_hour')} | {errors} |"
-            )
+    for kind, workers, cell in _cells(rows, args.storages, args.workers):
+        split = " ; ".join("/".join(map(str, r["trials_per_worker"])) for r in cell)
+        errors = " ; ".join(
+            f"{r['error_lines']} / {r['fail_trials']} / {r['failed_workers']}" for r in cell
+        )
+        print(
+            f"| {kind} | {workers} | {statistics.median(r['trials'] for r in cell):.0f} "
+            f"({split}) | {_median_cell(cell, 'storage_s_per_trial')} | "
+            f"{_median_cell(cell, 'outside_fit_s_median')} | "
+            f"{_median_cell(cell, 'trials_per_hour')} | {errors} |"
+        )
     _print_stress_table(args, stress)
 
 
@@ -511,21 +515,17 @@ def _print_stress_table(args: argparse.Namespace, stress: list[dict]) -> None:
     )
     print("| storage | processes | trials done / asked | trials per s | errors | kinds |")
     print("| --- | --- | --- | --- | --- | --- |")
-    for kind in args.storages:
-        for workers in args.stress_workers:
-            cell = [r for r in stress if r["storage"] == kind and r["workers"] == workers]
-            if not cell:
-                continue
-            kinds: Counter[str] = Counter()
-            for r in cell:
-                kinds.update(r["error_kinds"])
-            shown = "; ".join(f"{n} x {k}" for k, n in kinds.most_common(3)) or "-"
-            counts = " ; ".join(f"{r['done']} / {r['asked']}" for r in cell)
-            print(
-                f"| {kind} | {workers} | {counts} | "
-                f"{_median_cell(cell, 'trials_per_s')} | "
-                f"{' ; '.join(str(r['errors']) for r in cell)} | {shown} |"
-            )
+    for kind, workers, cell in _cells(stress, args.storages, args.stress_workers):
+        kinds: Counter[str] = Counter()
+        for r in cell:
+            kinds.update(r["error_kinds"])
+        shown = "; ".join(f"{n} x {k}" for k, n in kinds.most_common(3)) or "-"
+        counts = " ; ".join(f"{r['done']} / {r['asked']}" for r in cell)
+        print(
+            f"| {kind} | {workers} | {counts} | "
+            f"{_median_cell(cell, 'trials_per_s')} | "
+            f"{' ; '.join(str(r['errors']) for r in cell)} | {shown} |"
+        )
 
 
 def main() -> None:
