@@ -317,6 +317,19 @@ def _error_key(err: Exception) -> str:
     return f"{type(err).__name__}: {text[:90]}"
 
 
+def _run_together(workers: int, role: list[str], url: str, study: str, stack: Any) -> list[dict]:
+    """Start `workers` copies of this script in `role` on one study, all told to begin at
+    the same instant (after every process has imported); each one's last stdout line."""
+    start_at = time.time() + 8 + 1.5 * workers
+    command = [sys.executable, __file__, *role, "--storage", url, "--study", study]
+    command += ["--start-at", str(start_at)]
+    processes = [
+        subprocess.Popen(command, env=_env(None, stack), stdout=subprocess.PIPE, text=True)
+        for _ in range(workers)
+    ]
+    return [json.loads(p.communicate(timeout=3600)[0].strip().splitlines()[-1]) for p in processes]
+
+
 def _stress(args: argparse.Namespace, kind: str, workers: int, stack: Any) -> dict:
     """One cell of part 2 (no training)."""
     import optuna
@@ -328,17 +341,8 @@ def _stress(args: argparse.Namespace, kind: str, workers: int, stack: Any) -> di
         url = _storage_url(kind, root, stack)
         name = f"stress-{kind}-{workers}-{time.time_ns()}"
         optuna.create_study(storage=open_storage(url), study_name=name)
-        start_at = time.time() + 8 + 1.5 * workers  # after every process has imported
-        command = [sys.executable, __file__, "--stress-worker", "--storage", url]
-        command += ["--study", name, "--stress-trials", str(args.stress_trials)]
-        command += ["--start-at", str(start_at)]
-        processes = [
-            subprocess.Popen(command, env=_env(None, stack), stdout=subprocess.PIPE, text=True)
-            for _ in range(workers)
-        ]
-        outs = [
-            json.loads(p.communicate(timeout=3600)[0].strip().splitlines()[-1]) for p in processes
-        ]
+        role = ["--stress-worker", "--stress-trials", str(args.stress_trials)]
+        outs = _run_together(workers, role, url, name, stack)
         trials = optuna.load_study(study_name=name, storage=open_storage(url)).trials
     errors: Counter[str] = Counter()
     for out in outs:
@@ -392,17 +396,8 @@ def _queue(args: argparse.Namespace, kind: str, workers: int, stack: Any) -> dic
         queued = workers * args.queue_trials
         for k in range(queued):
             study.enqueue_trial({"x": k / queued})
-        start_at = time.time() + 8 + 1.5 * workers
-        command = [sys.executable, __file__, "--queue-worker", "--storage", url]
-        command += ["--study", name, "--queue-trials", str(args.queue_trials)]
-        command += ["--start-at", str(start_at)]
-        processes = [
-            subprocess.Popen(command, env=_env(None, stack), stdout=subprocess.PIPE, text=True)
-            for _ in range(workers)
-        ]
-        outs = [
-            json.loads(p.communicate(timeout=3600)[0].strip().splitlines()[-1]) for p in processes
-        ]
+        role = ["--queue-worker", "--queue-trials", str(args.queue_trials)]
+        outs = _run_together(workers, role, url, name, stack)
         trials = optuna.load_study(study_name=name, storage=open_storage(url)).trials
     popped = Counter(number for out in outs for number in out["got"])
     errors: Counter[str] = Counter()
