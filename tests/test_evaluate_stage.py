@@ -1,8 +1,10 @@
 """The evaluate stage end to end on a tiny real setup, and predict_image on a new image file.
 
 Real components throughout: prepared arrays in the augment stage's format, Keras
-models fitted for one epoch and saved as .keras, MLflow parent/child runs in a
-sqlite store, PNG files on disk.
+models fitted for one epoch and saved as .keras with their predictions (as the
+train stage leaves them), MLflow parent/child runs in a sqlite store, PNG files
+on disk. The expected metrics come from the saved models themselves, so they
+also check that evaluate judges the predictions of the model that was kept.
 """
 
 from __future__ import annotations
@@ -25,11 +27,18 @@ from PIL import Image
 
 from medimg import tracking
 from medimg.config import Params, load_params, parse_params
+from medimg.data.prepared import load_prepared
 from medimg.evaluation.evaluate_stage import (
     HEADLINE_METRICS,
     EvaluateError,
     headline_metrics,
     run_evaluate,
+)
+from medimg.evaluation.predictions import (
+    PREDICTIONS_FILE,
+    data_fingerprint,
+    predict_splits,
+    save_predictions,
 )
 from medimg.predict_image import PredictError, predict_image
 from medimg.reporting.thesis import load_thesis_results
@@ -147,6 +156,7 @@ class Setup:
 
 def build_setup(root: Path, classes: list[str], test_labels: np.ndarray) -> Setup:
     arrays = write_prepared(root, classes, test_labels)
+    prepared = load_prepared(root / "data" / "prepared" / DATASET / PROTOCOL)
     uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
     client = MlflowClient(uri)
     experiment_id = tracking.get_or_create_experiment(client, f"medimg-{DATASET}")
@@ -177,8 +187,17 @@ def build_setup(root: Path, classes: list[str], test_labels: np.ndarray) -> Setu
             "input": "uint8 0-255 pixels, shape (batch, H, W, C); the model rescales",
         }
         (seed_dir / "preprocessing.json").write_text(json.dumps(preprocessing))
+        # What the train stage saves: the kept model's probabilities on val and test.
+        save_predictions(
+            seed_dir / PREDICTIONS_FILE, predict_splits(model, prepared), data_fingerprint(prepared)
+        )
         seeds.append(
-            {"seed": seed, "child_run_id": child.info.run_id, "model": f"seed-{seed}/model.keras"}
+            {
+                "seed": seed,
+                "child_run_id": child.info.run_id,
+                "model": f"seed-{seed}/model.keras",
+                "predictions": f"seed-{seed}/{PREDICTIONS_FILE}",
+            }
         )
     client.set_terminated(parent.info.run_id)
     summary = {
@@ -387,6 +406,65 @@ def test_missing_summary_names_the_train_stage(tmp_path: Path, use_root):
     use_root(tmp_path)
     with pytest.raises(EvaluateError, match=f"dvc repro train@{RUN}"):
         run_evaluate(make_params(["NORMAL", "PNEUMONIA"]), RUN)
+
+
+def copy_of(setup: Setup, root: Path) -> Path:
+    """A private copy of a setup's files, for a test that damages them."""
+    for name in ("data", "models", "mlruns"):
+        shutil.copytree(setup.root / name, root / name)
+    return root
+
+
+def test_predictions_of_other_data_are_refused(binary_setup: Setup, tmp_path: Path, use_root):
+    root = use_root(copy_of(binary_setup, tmp_path))
+    # The augment stage ran again after training: the test images are not those predicted.
+    test_x = root / "data" / "prepared" / DATASET / PROTOCOL / "test_x.npy"
+    images = np.load(test_x)
+    np.save(test_x, 255 - images)
+    with pytest.raises(EvaluateError, match=f"other val/test arrays.*dvc repro train@{RUN}"):
+        run_evaluate(binary_setup.params, RUN)
+    assert not (root / "reports" / RUN).exists()
+
+
+@pytest.mark.parametrize("damage", ["missing", "not an archive", "lacks arrays"])
+def test_missing_or_damaged_predictions_name_the_file(
+    binary_setup: Setup, tmp_path: Path, use_root, damage: str
+):
+    root = use_root(copy_of(binary_setup, tmp_path))
+    path = root / "models" / RUN / "seed-0" / PREDICTIONS_FILE
+    if damage == "missing":
+        path.unlink()
+    elif damage == "not an archive":
+        path.write_text("not numpy")
+    else:
+        np.savez(path, proba_val=np.zeros((2, 2)))
+    with pytest.raises(EvaluateError, match=rf"seed-0/{PREDICTIONS_FILE}.*train@{RUN}"):
+        run_evaluate(binary_setup.params, RUN)
+    assert not (root / "reports" / RUN).exists()
+
+
+def test_a_summary_without_predictions_asks_for_a_new_training(
+    binary_setup: Setup, tmp_path: Path, use_root
+):
+    root = use_root(copy_of(binary_setup, tmp_path))
+    summary_path = root / "models" / RUN / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    del summary["seeds"][1]["predictions"]  # written by a train stage before predictions.npz
+    summary_path.write_text(json.dumps(summary))
+    with pytest.raises(EvaluateError, match=rf"lacks \['predictions'\].*train@{RUN}"):
+        run_evaluate(binary_setup.params, RUN)
+
+
+def test_evaluate_imports_no_deep_learning_framework(binary_setup: Setup):
+    """The point of saving predictions at training time: evaluate's start-up stays light."""
+    code = (
+        "import sys; import medimg.evaluation.evaluate_stage; "
+        "print(sorted(m for m in ('keras', 'tensorflow', 'jax', 'torch') if m in sys.modules))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert loaded.strip() == "[]"
 
 
 def test_predict_image_processes_a_new_file_like_training_data(binary_setup: Setup, tmp_path):

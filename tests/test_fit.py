@@ -12,7 +12,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.utils.class_weight import compute_class_weight
 
 from medimg.config import EarlyStoppingConfig, RunConfig, TrainAugmentConfig
-from medimg.training.data import load_prepared
+from medimg.data.prepared import load_prepared
 from medimg.training.fit import (
     ResumableEarlyStopping,
     SparseCategoricalAUC,

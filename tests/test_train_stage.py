@@ -6,6 +6,7 @@ import json
 import socket
 from pathlib import Path
 
+import keras
 import mlflow
 import numpy as np
 import pandas as pd
@@ -14,6 +15,8 @@ from mlflow import MlflowClient
 
 from medimg import paths, tracking
 from medimg.config import Params, parse_params
+from medimg.data.prepared import load_prepared
+from medimg.evaluation.predictions import PREDICTIONS_FILE, data_fingerprint, read_predictions
 from medimg.testing import tiny_datasets, write_tiny_prepared
 from medimg.training.train_stage import run_train
 
@@ -92,11 +95,26 @@ def test_summary_and_model_folder_follow_the_contract(trained: tuple[Path, dict,
             "crop": "none",
             "input": "uint8 0-255 pixels, shape (batch, H, W, C); the model rescales",
         }
+        check_predictions_of_the_kept_model(root, folder, seed)
     best = max(summary["seeds"], key=lambda s: s["best_val_auc"])
     assert summary["best_seed"] == best["seed"]
     # the training state is removed once the outputs are in place
     assert not (root / ".medimg-work" / "tiny").exists()
     assert not (root / "models" / "tiny.tmp").exists()
+
+
+def check_predictions_of_the_kept_model(root: Path, folder: Path, seed: dict) -> None:
+    """predictions.npz holds the saved model's own output on val and test, for these arrays."""
+    data = load_prepared(root / "data" / "prepared" / "chest_xray" / "official")
+    predictions, fingerprint = read_predictions(folder / seed["predictions"])
+    assert fingerprint == data_fingerprint(data)
+    model = keras.saving.load_model(folder / seed["model"], compile=False)
+    for split in ("val", "test"):
+        arrays = data.split(split)
+        positive = model.predict(np.asarray(arrays.x), verbose=0)[:, 0]  # sigmoid: P(PNEUMONIA)
+        np.testing.assert_array_equal(predictions.y[split], arrays.y)
+        np.testing.assert_allclose(predictions.proba[split][:, 1], positive, atol=1e-6)
+        np.testing.assert_allclose(predictions.proba[split].sum(axis=1), 1.0, atol=1e-6)
 
 
 def test_parent_and_child_runs_hold_params_metrics_and_artifacts(
@@ -216,8 +234,11 @@ def test_interrupted_stage_resumes_finished_seeds_and_the_same_runs(
     parent_id = (work / "parent.mlflow_run_id").read_text()
     child_1_id = (work / "seed-1.mlflow_run_id").read_text()
 
+    # A state saved by a medimg that did not yet save predictions: they are made on resume.
+    (work / f"seed-0.{PREDICTIONS_FILE}").unlink()
     summary = run_train(_params(), "tiny")
     assert fitted == [0, -1, 1]  # seed 0 was not trained again
+    check_predictions_of_the_kept_model(root, root / "models" / "tiny", summary["seeds"][0])
     assert summary["parent_run_id"] == parent_id
     assert summary["seeds"][1]["child_run_id"] == child_1_id
     client = MlflowClient(summary["tracking_uri"])

@@ -1,4 +1,4 @@
-"""Training input pipeline: load_prepared and ArrayBatches."""
+"""Prepared data read back (load_prepared) and the training input pipeline (ArrayBatches)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,8 @@ import numpy as np
 import pytest
 
 from medimg.config import TrainAugmentConfig
-from medimg.training.data import (
-    ArrayBatches,
-    PreparedDataError,
-    load_prepared,
-    loader_augmentation,
-)
+from medimg.data.prepared import PreparedDataError, load_prepared
+from medimg.training.data import ArrayBatches, loader_augmentation
 
 CLASSES = ["NORMAL", "PNEUMONIA"]
 

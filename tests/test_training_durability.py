@@ -28,7 +28,7 @@ TRAINER = textwrap.dedent(
     import sys
     from pathlib import Path
     from medimg.config import RunConfig
-    from medimg.training.data import load_prepared
+    from medimg.data.prepared import load_prepared
     from medimg.training.fit import fit_one_seed
 
     run = RunConfig(dataset="chest_xray", split_protocol="official", model="xray_cnn",
@@ -103,7 +103,7 @@ def test_a_damaged_latest_state_falls_back_to_the_epoch_before(
     prepared: Path, tmp_path: Path
 ) -> None:
     from medimg.config import RunConfig
-    from medimg.training.data import load_prepared
+    from medimg.data.prepared import load_prepared
     from medimg.training.fit import fit_one_seed
 
     run = RunConfig(

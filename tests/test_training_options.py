@@ -12,10 +12,11 @@ from PIL import Image
 
 from medimg.config import LearningRateScheduleConfig, RunConfig
 from medimg.data.intensity import normalize_image, random_intensity
+from medimg.data.prepared import load_prepared
 from medimg.evaluation.metrics import classification_metrics, youden_threshold
-from medimg.evaluation.seed_evaluation import SplitPredictions, ensemble, evaluate_predictions
+from medimg.evaluation.predictions import SplitPredictions
+from medimg.evaluation.seed_evaluation import ensemble, evaluate_predictions
 from medimg.training.checkpoints import ResumableReduceLROnPlateau
-from medimg.training.data import load_prepared
 from medimg.training.fit import fit_one_seed, smoothed_sparse_categorical_crossentropy
 from test_fit import write_prepared
 

@@ -22,8 +22,8 @@ from optuna.trial import TrialState
 
 from medimg import tracking
 from medimg.config import ParamsError, parse_params, run_with_values
+from medimg.data.prepared import load_prepared
 from medimg.testing import tiny_datasets, write_tiny_prepared
-from medimg.training.data import load_prepared
 from medimg.tuning.storage import (
     HEARTBEAT_INTERVAL_S,
     STORAGE_ENV,

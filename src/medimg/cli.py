@@ -23,7 +23,7 @@ _USER_ERRORS = (
     "medimg.data.fetch:FetchError",
     "medimg.data.split:SplitError",
     "medimg.data.prepare:PrepareError",
-    "medimg.training.data:PreparedDataError",
+    "medimg.data.prepared:PreparedDataError",
     "medimg.tracking:TrackingError",
     "medimg.evaluation.evaluate_stage:EvaluateError",
     "medimg.training.run_lock:RunLockedError",

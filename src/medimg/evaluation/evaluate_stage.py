@@ -1,7 +1,10 @@
 """The evaluate stage: every seed of a trained configuration on val and test, into reports/<run>/.
 
-Reads models/<run>/ (summary.json, seed-<k>/model.keras, history.csv,
-preprocessing.json) and data/prepared/<dataset>/. Writes reports/<run>/:
+Reads models/<run>/ (summary.json, seed-<k>/predictions.npz, history.csv,
+preprocessing.json) and data/prepared/<dataset>/. The probabilities were
+predicted by the train stage with the model it kept, and carry a fingerprint of
+the val/test arrays, so evaluate loads no model and imports no Keras, and
+refuses predictions made on other data. Writes reports/<run>/:
 
     metrics.json          DVC metrics, the headline numbers only (HEADLINE_METRICS: short
                           keys so that `dvc metrics show` stays a table at 120 columns):
@@ -43,6 +46,7 @@ from mlflow.exceptions import MlflowException
 
 from medimg import atomic, paths, tracking
 from medimg.config import Params, RunConfig
+from medimg.data.prepared import PreparedData, load_prepared
 from medimg.evaluation import figures
 from medimg.evaluation.metrics import (
     STD_DDOF,
@@ -51,16 +55,18 @@ from medimg.evaluation.metrics import (
     roc_points,
     scalar_metrics,
 )
-from medimg.evaluation.seed_evaluation import (
+from medimg.evaluation.predictions import (
     EVALUATED_SPLITS,
-    ensemble,
-    evaluate_predictions,
-    predict_splits,
+    SplitPredictions,
+    data_fingerprint,
+    read_predictions,
 )
-from medimg.training.data import PreparedData, load_prepared
-from medimg.training.predict import load_model
+from medimg.evaluation.seed_evaluation import ensemble, evaluate_predictions
 
 SUMMARY_FILE = "summary.json"
+# What each summary.json "seeds" entry must give: the seed's predictions, not its
+# model, are what evaluate reads (the train stage predicted with the model it kept).
+SUMMARY_SEED_KEYS = ("seed", "child_run_id", "predictions")
 ARTIFACT_DIR = "evaluation"
 STATISTICS = ("mean", "std", "min", "max")
 # metrics.json key -> (split, metric, statistic) of details.json. DVC prints one column
@@ -106,9 +112,12 @@ def _read_summary(run_name: str) -> dict[str, Any]:
     if not summary["seeds"]:
         raise EvaluateError(f"{path}: 'seeds' is empty; nothing to evaluate")
     for entry in summary["seeds"]:
-        absent = [key for key in ("seed", "child_run_id", "model") if key not in entry]
+        absent = [key for key in SUMMARY_SEED_KEYS if key not in entry]
         if absent:
-            raise EvaluateError(f"{path}: a 'seeds' entry lacks {absent}: {entry}")
+            raise EvaluateError(
+                f"{path}: a 'seeds' entry lacks {absent}: {entry}; "
+                f"re-run the train stage: dvc repro train@{run_name}"
+            )
     seeds = [entry["seed"] for entry in summary["seeds"]]
     if summary["best_seed"] not in seeds:
         raise EvaluateError(f"{path}: best_seed {summary['best_seed']} is not one of {seeds}")
@@ -186,13 +195,12 @@ def _evaluate_seed(
     data: PreparedData,
     out_dir: Path,
 ) -> dict[str, Any]:
-    """Predict val and test with one seed's model; write its metrics.json and figures.
+    """Judge one seed's val and test predictions; write its metrics.json and figures.
 
     Returns {"metrics": {split: classification_metrics}, "predictions": SplitPredictions}.
     """
     seed = entry["seed"]
-    model = load_model(paths.models_dir(run_name) / entry["model"])
-    predictions = predict_splits(model, data)
+    predictions = _read_seed_predictions(run_name, entry, data)
     metrics = evaluate_predictions(predictions, data.classes, run.decision_threshold)
     out_dir.mkdir(parents=True)
     _write_json(out_dir / "metrics.json", {"seed": seed, **metrics})
@@ -206,6 +214,26 @@ def _evaluate_seed(
         f"seed {seed}",
     )
     return {"metrics": metrics, "predictions": predictions}
+
+
+def _read_seed_predictions(
+    run_name: str, entry: dict[str, Any], data: PreparedData
+) -> SplitPredictions:
+    """The probabilities the train stage saved for this seed, checked to belong to `data`."""
+    path = paths.models_dir(run_name) / entry["predictions"]
+    retrain = f"dvc repro train@{run_name}"
+    if not path.is_file():
+        raise EvaluateError(f"{path}: not found; run the train stage first: {retrain}")
+    try:
+        predictions, fingerprint = read_predictions(path)
+    except ValueError as err:
+        raise EvaluateError(f"{err}; re-run the train stage: {retrain}") from None
+    if fingerprint != data_fingerprint(data):
+        raise EvaluateError(
+            f"{path}: made on other val/test arrays than {data.directory} holds now (the "
+            f"augment stage ran again after training); re-run the train stage: {retrain}"
+        )
+    return predictions
 
 
 def _write_test_figures(

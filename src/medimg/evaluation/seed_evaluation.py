@@ -1,4 +1,4 @@
-"""One trained model on the val and test splits: probabilities, the decision rule, metrics.
+"""One trained model on the val and test splits: the decision rule, metrics, the ensemble.
 
 Shared by the evaluate stage and the GPU runner, so a seed is judged the same way
 wherever it trained. The decision rule is chosen on validation data only: the test
@@ -7,23 +7,14 @@ split never sets the threshold it is measured with.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
 from medimg.evaluation.metrics import classification_metrics, youden_threshold
+from medimg.evaluation.predictions import EVALUATED_SPLITS, SplitPredictions
 
-EVALUATED_SPLITS = ("val", "test")
 DecisionRule = Literal["argmax", "youden_val"]
-
-
-@dataclass
-class SplitPredictions:
-    """Labels (N,) and class probabilities (N, K) of each evaluated split."""
-
-    y: dict[str, np.ndarray]
-    proba: dict[str, np.ndarray]
 
 
 def decision_threshold(rule: DecisionRule, val: SplitPredictions) -> float | None:
@@ -55,14 +46,4 @@ def ensemble(members: list[SplitPredictions]) -> SplitPredictions:
         proba={
             split: np.mean([m.proba[split] for m in members], axis=0) for split in EVALUATED_SPLITS
         },
-    )
-
-
-def predict_splits(model: Any, data: Any) -> SplitPredictions:
-    """Class probabilities of `model` (a keras.Model) on `data`'s (PreparedData) val and test."""
-    from medimg.training.predict import predict_proba
-
-    return SplitPredictions(
-        y={split: np.asarray(data.split(split).y) for split in EVALUATED_SPLITS},
-        proba={split: predict_proba(model, data.split(split).x) for split in EVALUATED_SPLITS},
     )

@@ -118,7 +118,8 @@ def train_and_evaluate_seed(run: RunConfig, data, work: Path, seed: int, out: Pa
     (written whole or not at all)."""
     from medimg.evaluation import figures
     from medimg.evaluation.metrics import roc_points, scalar_metrics
-    from medimg.evaluation.seed_evaluation import evaluate_predictions, predict_splits
+    from medimg.evaluation.predictions import predict_splits
+    from medimg.evaluation.seed_evaluation import evaluate_predictions
     from medimg.training.fit import fit_one_seed
     from medimg.training.predict import load_model
 
@@ -210,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import keras
 
-    from medimg.training.data import load_prepared
+    from medimg.data.prepared import load_prepared
     from medimg.training.device import device_name
 
     keras.mixed_precision.set_global_policy(args.precision)

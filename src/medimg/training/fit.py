@@ -33,6 +33,7 @@ from keras import ops
 
 from medimg import atomic
 from medimg.config import RunConfig
+from medimg.data.prepared import PreparedData
 from medimg.models import build_backbone, get_spec
 from medimg.models.blocks import set_trainable_top
 from medimg.models.options import weights_kind
@@ -52,7 +53,7 @@ from medimg.training.checkpoints import (
     write_history,
 )
 from medimg.training.classifier import assemble_classifier, choose_augmentation_site
-from medimg.training.data import ArrayBatches, PreparedData, loader_augmentation
+from medimg.training.data import ArrayBatches, loader_augmentation
 from medimg.training.phases import Phase, phase_index_at, training_phases
 
 CHECKPOINT_FILE = "best.keras"

@@ -24,10 +24,16 @@ from mlflow import MlflowClient
 
 from medimg import atomic, paths, tracking, tracking_callbacks
 from medimg.config import Params, RunConfig
+from medimg.data.prepared import PreparedData, PreparedDataError, load_prepared
+from medimg.evaluation.predictions import (
+    PREDICTIONS_FILE,
+    data_fingerprint,
+    predict_splits,
+    save_predictions,
+)
 from medimg.inference.pyfunc import log_classifier_model
 from medimg.models.options import weights_kind
 from medimg.training.checkpoints import read_history
-from medimg.training.data import PreparedData, PreparedDataError, load_prepared
 from medimg.training.fit import fit_one_seed
 from medimg.training.predict import load_model
 from medimg.training.run_lock import exclusive_run
@@ -106,7 +112,7 @@ def _train_seed(
     result_file = work / f"seed-{seed}.result.json"
     if result_file.is_file():
         log.info("%s seed %d: finished earlier, reusing %s", run_name, seed, result_file)
-        return json.loads(result_file.read_text())
+        return _with_predictions(json.loads(result_file.read_text()), data, work)
 
     child_tags = {**tags, "medimg.role": "child", "medimg.seed": str(seed)}
     with tracking.resumable_run(
@@ -145,7 +151,25 @@ def _train_seed(
         "logged_model_id": model_id,
     }
     _write_json(result_file, result)
-    return result
+    return _with_predictions(result, data, work)
+
+
+def _with_predictions(result: dict[str, Any], data: PreparedData, work: Path) -> dict[str, Any]:
+    """`result` plus its seed's val and test probabilities, predicted once with the kept model.
+
+    The evaluate stage reads them instead of loading the model (no Keras there). Made
+    after the training and its logging, so that a state saved by an earlier medimg
+    without this file is completed here rather than trained again.
+    """
+    path = work / f"seed-{result['seed']}.{PREDICTIONS_FILE}"
+    if not path.is_file():
+        model = load_model(Path(result["exported_model"]))
+        save_predictions(path, predict_splits(model, data), data_fingerprint(data))
+    return {
+        **result,
+        "predictions": f"seed-{result['seed']}/{PREDICTIONS_FILE}",
+        "predictions_file": str(path),
+    }
 
 
 def _effective_params(run: RunConfig, data: PreparedData, seed: int) -> dict[str, Any]:
@@ -251,6 +275,7 @@ def _write_outputs(
             seed_dir = staging / f"seed-{result['seed']}"
             seed_dir.mkdir(parents=True)
             shutil.copy2(result["exported_model"], seed_dir / "model.keras")
+            shutil.copy2(result["predictions_file"], seed_dir / PREDICTIONS_FILE)
             _history_frame(result["history"]).to_csv(seed_dir / "history.csv", index=False)
             _write_json(seed_dir / "preprocessing.json", preprocessing)
         _write_json(staging / "summary.json", summary)
@@ -261,6 +286,7 @@ SUMMARY_SEED_KEYS = (
     "seed",
     "child_run_id",
     "model",
+    "predictions",
     "best_epoch",
     "best_val_auc",
     "best_val_accuracy",

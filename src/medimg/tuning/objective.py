@@ -17,8 +17,8 @@ import numpy as np
 import optuna
 
 from medimg.config import RunConfig, StudyConfig, run_with_values
+from medimg.data.prepared import PreparedData
 from medimg.evaluation.metrics import classification_metrics
-from medimg.training.data import PreparedData
 from medimg.training.fit import fit_one_seed
 from medimg.training.predict import load_model, predict_proba
 from medimg.training.train_stage import resolve_initial_weights

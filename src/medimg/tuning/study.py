@@ -26,7 +26,7 @@ from medimg.config import (
     StudyConfig,
     TpeSamplerConfig,
 )
-from medimg.training.data import PreparedData
+from medimg.data.prepared import PreparedData
 
 # Run keys that do not change a trial: left out of the study's digest.
 RUN_KEYS_UNUSED_BY_TRIALS = ("repeats", "prediction_examples")

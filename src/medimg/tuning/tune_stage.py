@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from medimg import paths, tracking
 from medimg.config import Params, StudyConfig
-from medimg.training.data import PreparedData, PreparedDataError
+from medimg.data.prepared import PreparedData, PreparedDataError
 from medimg.training.train_stage import load_checked_data
 from medimg.tuning.objective import EPOCHS_ATTR, TrialObjective
 from medimg.tuning.reports import (
