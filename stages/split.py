@@ -2,7 +2,7 @@
 
 import sys
 
-from medimg.cli import main
+from medimg.cli import run_stage
 
 if __name__ == "__main__":
-    sys.exit(main(["split", *sys.argv[1:]]))
+    run_stage(["split", *sys.argv[1:]])

@@ -78,3 +78,48 @@ def test_train_without_prepared_arrays_names_the_stage_to_run(tmp_path: Path) ->
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "models").exists()
     assert not (tmp_path / "mlruns").exists()
+
+
+RUN_STAGE_SCRIPT = """
+import atexit, sys, threading, time
+from pathlib import Path
+from medimg.cli import run_stage
+
+out = Path(sys.argv[1])
+atexit.register(lambda: (out / "atexit-ran").write_text("yes"))
+# A non-daemon thread still working when main returns: joined first, as at a normal exit.
+threading.Thread(target=lambda: (time.sleep(0.3), (out / "thread-done").write_text("yes"))).start()
+print("printed before the exit, left unflushed in a pipe", end="")
+run_stage(sys.argv[2:])
+"""
+
+
+@pytest.mark.parametrize(
+    ("argv", "code"),
+    [
+        (["params"], 0),  # main returns 0
+        (["fetch", "--dataset", "retina"], 2),  # a user error: main returns 2
+    ],
+)
+def test_run_stage_exits_with_mains_status_after_threads_handlers_and_output(
+    tmp_path: Path, argv: list[str], code: int
+) -> None:
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    result = subprocess.run(
+        [sys.executable, "-c", RUN_STAGE_SCRIPT, str(tmp_path), *argv],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert result.returncode == code, result.stderr
+    assert result.stdout.startswith("printed before the exit")
+    assert (tmp_path / "atexit-ran").read_text() == "yes"
+    assert (tmp_path / "thread-done").read_text() == "yes"
+
+
+def test_run_stage_leaves_an_exception_to_the_normal_exit(tmp_path: Path) -> None:
+    """A bug keeps its traceback and the interpreter's own status (1)."""
+    script = "import medimg.cli as cli\ncli.main = lambda argv: 1 / 0\ncli.run_stage(['params'])\n"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "ZeroDivisionError" in result.stderr and "Traceback" in result.stderr

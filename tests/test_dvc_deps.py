@@ -129,20 +129,25 @@ def dispatched_nodes(tree: ast.Module, subcommand: str) -> list[ast.AST]:
     return [*top_level, *classes, *(functions[name] for name in sorted(reached))]
 
 
+# The functions of medimg.cli that a stage script calls with ["<subcommand>", ...].
+ENTRY_POINTS = ("main", "run_stage")
+
+
 def cli_subcommand(tree: ast.Module) -> str | None:
-    """ "fetch" for a script that calls main(["fetch", ...]) imported from medimg.cli."""
-    imports_main = any(
-        isinstance(n, ast.ImportFrom)
-        and n.module == DISPATCHER
-        and any(a.name == "main" for a in n.names)
+    """ "fetch" for a script that calls main(["fetch", ...]) or run_stage(["fetch", ...])
+    imported from medimg.cli."""
+    imported = {
+        a.name
         for n in ast.walk(tree)
-    )
+        if isinstance(n, ast.ImportFrom) and n.module == DISPATCHER
+        for a in n.names
+        if a.name in ENTRY_POINTS
+    }
     for node in ast.walk(tree):
         if (
-            imports_main
-            and isinstance(node, ast.Call)
+            isinstance(node, ast.Call)
             and isinstance(node.func, ast.Name)
-            and node.func.id == "main"
+            and node.func.id in imported
             and node.args
             and isinstance(node.args[0], ast.List)
             and node.args[0].elts

@@ -165,3 +165,20 @@ def test_the_wrapper_refuses_a_request_without_the_image_column():
 
     with pytest.raises(MlflowException, match=r"expected a column 'image'"):
         KerasImageClassifier().predict(None, pd.DataFrame({"pixels": ["x"]}))
+
+
+def test_the_logged_signature_and_example_match_the_models_answer(served, monkeypatch):
+    """The signature's output side is made without the model: it must still be its layout."""
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", served["uri"])
+    info = mlflow.models.get_model_info(served["model_uri"])
+    assert info.signature.inputs.input_names() == ["image"]
+    expected = ["predicted_class", "probability", *(f"probability_{c}" for c in BINARY)]
+    assert info.signature.outputs.input_names() == expected
+    model = mlflow.pyfunc.load_model(served["model_uri"])
+    answer = model.predict(model.input_example)
+    assert list(answer.columns) == expected
+    assert len(answer) == len(model.input_example) == 2
+    probabilities = answer[[f"probability_{c}" for c in BINARY]].to_numpy()
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-6)

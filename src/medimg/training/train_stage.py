@@ -77,7 +77,9 @@ def _fit_or_reuse(
     # Without its compile state: the saved and logged model then loads with plain
     # Keras, without medimg's custom training metric registered.
     exported = work / f"seed-{seed}.model.keras"  # beside seed-<seed>/, which a fresh start empties
-    load_model(fit.model_path).save(exported)
+    model = load_model(fit.model_path)
+    model.save(exported)
+    _save_predictions(model, data, _predictions_file(work, seed))
     result = {
         "seed": seed,
         "best_epoch": fit.best_epoch,
@@ -154,17 +156,25 @@ def _train_seed(
     return _with_predictions(result, data, work)
 
 
-def _with_predictions(result: dict[str, Any], data: PreparedData, work: Path) -> dict[str, Any]:
-    """`result` plus its seed's val and test probabilities, predicted once with the kept model.
+def _predictions_file(work: Path, seed: int) -> Path:
+    return work / f"seed-{seed}.{PREDICTIONS_FILE}"
 
-    The evaluate stage reads them instead of loading the model (no Keras there). Made
-    after the training and its logging, so that a state saved by an earlier medimg
-    without this file is completed here rather than trained again.
+
+def _save_predictions(model: Any, data: PreparedData, path: Path) -> None:
+    """The kept model's val and test probabilities, which the evaluate stage reads
+    instead of loading the model (no Keras there)."""
+    save_predictions(path, predict_splits(model, data), data_fingerprint(data))
+
+
+def _with_predictions(result: dict[str, Any], data: PreparedData, work: Path) -> dict[str, Any]:
+    """`result` plus where its seed's predictions are; made now if the state lacks them.
+
+    A training state saved by a medimg that did not write predictions yet is
+    completed from its exported model rather than trained again.
     """
-    path = work / f"seed-{result['seed']}.{PREDICTIONS_FILE}"
+    path = _predictions_file(work, result["seed"])
     if not path.is_file():
-        model = load_model(Path(result["exported_model"]))
-        save_predictions(path, predict_splits(model, data), data_fingerprint(data))
+        _save_predictions(load_model(Path(result["exported_model"])), data, path)
     return {
         **result,
         "predictions": f"seed-{result['seed']}/{PREDICTIONS_FILE}",
