@@ -89,6 +89,10 @@ out = Path(sys.argv[1])
 atexit.register(lambda: (out / "atexit-ran").write_text("yes"))
 # A non-daemon thread still working when main returns: joined first, as at a normal exit.
 threading.Thread(target=lambda: (time.sleep(0.3), (out / "thread-done").write_text("yes"))).start()
+# An idle thread pool left open (its worker threads are not daemons): released, not waited on.
+from concurrent.futures import ThreadPoolExecutor
+pool = ThreadPoolExecutor(2)
+pool.submit(lambda: None).result()
 print("printed before the exit, left unflushed in a pipe", end="")
 run_stage(sys.argv[2:])
 """
@@ -110,6 +114,7 @@ def test_run_stage_exits_with_mains_status_after_threads_handlers_and_output(
         capture_output=True,
         text=True,
         cwd=tmp_path,
+        timeout=120,  # a hang (threads waited on forever) fails instead of blocking the suite
     )
     assert result.returncode == code, result.stderr
     assert result.stdout.startswith("printed before the exit")

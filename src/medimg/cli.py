@@ -418,16 +418,17 @@ def run_stage(argv: Sequence[str]) -> NoReturn:
     2-core CPU). It is the interpreter finalising every module and object, and the
     ~30 stages of `make run` pay it one after the other. When main has returned,
     everything the stage writes is closed and renamed into place (atomic.py), so
-    the process ends the way the interpreter would, minus that: other threads are
-    joined, the exit handlers run (logging's flush, MLflow's, temporary folders'),
-    the standard streams are flushed, then `os._exit`. An exception still leaves
+    the process ends the way the interpreter would, minus that: the threading
+    module's shutdown (which tells thread pools to stop, then joins the non-daemon
+    threads), the exit handlers (logging's flush, MLflow's, temporary folders'),
+    the standard streams' flush, then `os._exit`. An exception still leaves
     through the normal path, with its traceback.
     """
     code = main(argv)
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join()
-    # The interpreter's own exit runs these too; the function is CPython's since 3.0.
+    # The two calls CPython's own finalisation makes first, in its order. Both are
+    # private; a hand-written join instead hung on idle thread-pool workers, which
+    # only threading's shutdown callbacks release.
+    threading._shutdown()
     atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()

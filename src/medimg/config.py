@@ -698,7 +698,8 @@ def parse_params(raw: dict[str, Any], path: Path = Path(PARAMS_FILE)) -> Params:
         raise ParamsError(
             f"{path}: missing key 'profile' (allowed: 'sample' or one of {sorted(profiles)})"
         )
-    if profile != "sample":
+    # "sample" is the base values; an entry under profiles: applies like any other.
+    if profile != "sample" or profile in profiles:
         raw = apply_profile(raw, profile, profiles, path)
     try:
         return Params.model_validate(raw)
