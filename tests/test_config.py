@@ -131,15 +131,23 @@ def test_fine_tuning_needs_an_epoch_after_the_frozen_ones(raw: dict) -> None:
         parse_params(raw)
 
 
-def test_a_profile_extends_another(raw: dict) -> None:
-    raw["profiles"]["small-local"] = {
-        "extends": "full-local",
-        "datasets.chest_xray.prepare.image_size": 256,
+def test_a_profile_starts_from_another_with_a_yaml_merge_key() -> None:
+    """cpu-check is full-local's overrides (merged in by YAML) plus its own, which win."""
+    text = (REPO / "params.yaml").read_text()
+    raw = yaml.safe_load(text)
+    assert "<<: *full-local" in text
+    cpu_check, full_local = raw["profiles"]["cpu-check"], raw["profiles"]["full-local"]
+    assert set(full_local) <= set(cpu_check)
+    params = parse_params({**raw, "profile": "cpu-check"})
+    assert params.datasets["chest_xray"].prepare.image_size == 128  # its own value
+    source = full_local["datasets.chest_xray.fetch.source"]
+    assert params.datasets["chest_xray"].fetch.source == source  # full-local's
+
+
+def test_overlapping_override_keys_are_refused(raw: dict) -> None:
+    raw["profiles"]["odd"] = {
+        "runs.xray_cnn.augmentation": {"noise_std": 5},
+        "runs.xray_cnn.augmentation.noise_std": 10,
     }
-    params = parse_params({**raw, "profile": "small-local"})
-    assert params.datasets["chest_xray"].prepare.image_size == 256
-    assert params.datasets["chest_xray"].fetch.source.endswith("chest_xray_224.zip")
-    raw["profiles"]["loop-a"] = {"extends": "loop-b"}
-    raw["profiles"]["loop-b"] = {"extends": "loop-a"}
-    with pytest.raises(ParamsError, match="circle"):
-        parse_params({**raw, "profile": "loop-a"})
+    with pytest.raises(ParamsError, match=r"profiles\.odd: override keys .*augmentation.* overlap"):
+        parse_params({**raw, "profile": "odd"})

@@ -1,11 +1,12 @@
-"""dvc.yaml's stages track the selected profile, and every profile it can extend.
+"""dvc.yaml's stages track the selected profile: `profiles.${profile}`, not all profiles.
 
 A stage's effective values are params.yaml's base values with the selected
-profile's overrides applied, and that profile may start from another (`extends`).
-DVC re-runs a stage when a param it lists changes, so each stage that reads the
-profile lists `profiles.${profile}` and each profile that another extends; not
-the whole `profiles` mapping, whose values DVC would copy into dvc.lock for every
-stage (half of dvc.lock, re-read by DVC after each stage).
+profile's overrides applied (a profile that starts from another holds its values
+through a YAML merge key, so `profiles.<name>` as loaded is complete). DVC
+re-runs a stage when a param it lists changes, so each stage that reads values
+a profile can set lists `profile` and `profiles.${profile}`; not the whole
+`profiles` mapping, whose values DVC would copy into dvc.lock for every stage
+(half of dvc.lock, which DVC re-reads and rewrites after each stage).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SELECTED = "profiles.${profile}"
+# Params a profile can override (its keys are dotted paths under these).
+PROFILED = ("runs.", "datasets.", "tune.")
 
 
 def _stages() -> dict[str, dict]:
@@ -24,29 +27,28 @@ def _stages() -> dict[str, dict]:
     return {name: stage.get("do", stage) for name, stage in stages.items()}
 
 
-def _extended_profiles() -> set[str]:
-    profiles = yaml.safe_load((REPO / "params.yaml").read_text())["profiles"]
-    return {entry["extends"] for entry in profiles.values() if entry and "extends" in entry}
-
-
-def test_cpu_check_extends_a_profile_so_the_rule_below_is_exercised() -> None:
-    assert _extended_profiles() == {"full-local"}
+def _params(stage: dict) -> list[str]:
+    return [p for p in stage.get("params", []) if isinstance(p, str)]
 
 
 @pytest.mark.parametrize("name", sorted(_stages()))
-def test_a_stage_reading_the_profile_tracks_it_and_its_bases(name: str) -> None:
-    params = [p for p in _stages()[name].get("params", []) if isinstance(p, str)]
-    if "profile" not in params:
-        return
+def test_a_stage_reading_the_profile_tracks_only_the_selected_one(name: str) -> None:
+    params = _params(_stages()[name])
     assert "profiles" not in params, f"stage {name}: lists all profiles; list {SELECTED}"
-    expected = {SELECTED, *(f"profiles.{base}" for base in _extended_profiles())}
-    missing = expected - set(params)
-    assert not missing, f"stage {name}: params lack {sorted(missing)}"
+    if "profile" in params:
+        assert SELECTED in params, f"stage {name}: lists profile but not {SELECTED}"
 
 
 def test_every_stage_with_values_a_profile_can_set_reads_the_profile() -> None:
-    profiled = ("runs.", "datasets.", "tune.")
     for name, stage in _stages().items():
-        params = [p for p in stage.get("params", []) if isinstance(p, str)]
-        if any(p.startswith(profiled) for p in params):
+        params = _params(stage)
+        if any(p.startswith(PROFILED) for p in params):
             assert "profile" in params, f"stage {name}: lists {params} but not the profile"
+
+
+def test_every_profile_is_complete_as_loaded() -> None:
+    """No profile leans on another at run time (DVC would not see the other's values)."""
+    profiles = yaml.safe_load((REPO / "params.yaml").read_text())["profiles"]
+    assert "sample" in profiles and not profiles["sample"]  # the base values, for DVC
+    for name, overrides in profiles.items():
+        assert all("." in key for key in overrides or {}), f"profile {name}: not dotted keys"

@@ -631,6 +631,15 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any], origin: str)
     A dotted key must name an existing key of `raw` (`origin` names the
     overrides in the error message).
     """
+    for dotted in overrides:
+        inner = [key for key in overrides if key.startswith(f"{dotted}.")]
+        if inner:
+            # Which wins would depend on the order of the keys (a merged profile's
+            # come first): say so instead.
+            raise ParamsError(
+                f"{origin}: override keys {dotted!r} and {inner[0]!r} overlap; "
+                f"set the whole {dotted!r} or only its parts, not both"
+            )
     result = copy.deepcopy(raw)
     for dotted, value in overrides.items():
         parts = dotted.split(".")
@@ -663,29 +672,21 @@ def _format_validation_error(err: ValidationError, path: Path) -> str:
     return "\n".join(lines)
 
 
-PROFILE_EXTENDS = "extends"
-
-
 def apply_profile(
-    raw: dict[str, Any], profile: str, profiles: dict[str, Any], path: Path, seen: tuple = ()
+    raw: dict[str, Any], profile: str, profiles: dict[str, Any], path: Path
 ) -> dict[str, Any]:
     """`raw` with profile `profile`'s dotted-key overrides applied.
 
-    A profile may start from another: `extends: <profile>` applies that one first
-    (e.g. the CPU check profile is full-local at a smaller size).
+    A profile that starts from another takes its overrides with a YAML merge key
+    (`<<: *full-local`): the loaded mapping then holds both, so DVC, which records
+    `profiles.<selected>`, sees every value the profile sets.
     """
     if profile not in profiles:
         raise ParamsError(
             f"{path}: profile = {profile!r} is not defined; allowed: 'sample' or one of "
             f"{sorted(profiles)} (under 'profiles:')"
         )
-    if profile in seen:
-        raise ParamsError(f"{path}: profiles extend each other in a circle: {[*seen, profile]}")
-    overrides = dict(profiles[profile] or {})
-    parent = overrides.pop(PROFILE_EXTENDS, None)
-    if parent is not None:
-        raw = apply_profile(raw, parent, profiles, path, (*seen, profile))
-    return apply_overrides(raw, overrides, f"{path}: profiles.{profile}")
+    return apply_overrides(raw, dict(profiles[profile] or {}), f"{path}: profiles.{profile}")
 
 
 def parse_params(raw: dict[str, Any], path: Path = Path(PARAMS_FILE)) -> Params:
