@@ -7,12 +7,14 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 from sklearn.utils.class_weight import compute_class_weight
 
 from medimg.config import EarlyStoppingConfig, RunConfig, TrainAugmentConfig
 from medimg.data.prepared import load_prepared
+from medimg.training.checkpoints import ResumeState
 from medimg.training.fit import (
     ResumableEarlyStopping,
     SparseCategoricalAUC,
@@ -49,6 +51,7 @@ def xray_run(**overrides) -> RunConfig:
         "model_options": {"feature_maps": 4, "dense_units": [8, 8]},
         "epochs": 4,
         "batch_size": 4,
+        "checkpoint_every_s": 0,  # the state after every epoch, unless a test says otherwise
         **overrides,
     }
     return RunConfig(**settings)
@@ -136,6 +139,34 @@ def test_resume_after_interruption_continues_at_the_next_epoch(binary_data, tmp_
     # Another configuration in the same folder starts afresh.
     again = fit_one_seed(xray_run(epochs=1), binary_data, work, seed=3)
     assert again.resumed_from_epoch == 0 and again.epochs_run == 1
+
+
+def test_checkpoints_written_at_intervals_keep_the_best_epoch_and_resume(binary_data, tmp_path):
+    """With epochs shorter than checkpoint_every_s the state is written after the first
+    epoch and after the last; a best epoch in between waits in memory, and a kill in
+    between resumes from the last written state, training each epoch once."""
+    run = xray_run(epochs=4, monitor="val_loss", learning_rate=0.01, checkpoint_every_s=3600)
+    work = tmp_path / "work"
+    killed = RecordWeights()
+    with pytest.raises(KeyboardInterrupt):
+        fit_one_seed(run, binary_data, work, seed=1, callbacks=[killed, KillAfterEpoch(2)])
+    assert killed.epochs == [0, 1, 2]
+    assert ResumeState(work / "seed-1").read().epoch == 1  # written after the first only
+    assert len(pd.read_csv(work / "seed-1" / "history.csv")) == 3  # rows ahead of the state
+
+    resumed = RecordWeights()
+    result = fit_one_seed(run, binary_data, work, seed=1, callbacks=[resumed])
+    assert result.resumed_from_epoch == 1 and resumed.epochs == [1, 2, 3]
+    assert all(len(values) == 4 for values in result.history.values())
+    for a, b in zip(resumed.start_weights, killed.epoch_weights[0], strict=True):
+        np.testing.assert_array_equal(a, b)
+    # After the fit's last epoch everything is written: the state, and best.keras with
+    # the weights of the best epoch, which was not the first (it waited in memory).
+    assert ResumeState(work / "seed-1").read().epoch == 4
+    assert result.best_epoch > 2
+    saved = load_model(result.model_path).get_weights()
+    for a, b in zip(saved, resumed.epoch_weights[result.best_epoch - 1], strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_multiclass_fit_logs_auc_and_predicts_probabilities(tmp_path):

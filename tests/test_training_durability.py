@@ -33,7 +33,7 @@ TRAINER = textwrap.dedent(
 
     run = RunConfig(dataset="chest_xray", split_protocol="official", model="xray_cnn",
                     model_options={{"feature_maps": 2, "dense_units": [4]}},
-                    epochs={EPOCHS}, batch_size=8)
+                    epochs={EPOCHS}, batch_size=8, checkpoint_every_s=0)
     data = load_prepared(Path(sys.argv[1]))
     print("started", flush=True)
     fit_one_seed(run, data, Path(sys.argv[2]), seed=0, verbose=0)
@@ -113,6 +113,7 @@ def test_a_damaged_latest_state_falls_back_to_the_epoch_before(
         model_options={"feature_maps": 2, "dense_units": [4]},
         epochs=4,
         batch_size=8,
+        checkpoint_every_s=0,  # a state after every epoch: there is an epoch before
     )
     data = load_prepared(prepared)
     work = tmp_path / "work"

@@ -17,6 +17,10 @@ failing with "bad object header version number".
 
 At an epoch's end the order is: history row, best checkpoint, then the resume
 state last. A resume trusts state.json and drops history rows after its epoch.
+The best checkpoint and the resume state are written together, at most every
+`save_every_s` seconds and after the last epoch of a fit: a best epoch reached
+in between waits in memory, so best.keras never belongs to an epoch after the
+saved state's.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import json
 import logging
 import math
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,7 +207,7 @@ class ResumeState:
 
 
 class EpochRecorder(keras.callbacks.Callback):
-    """At every epoch's end: the history row, the best checkpoint, then the resume state.
+    """At every epoch's end the history row; then the best checkpoint and the resume state.
 
     One callback rather than three, because their order is what makes a kill at
     any instant recoverable (see the module docstring).
@@ -212,6 +217,9 @@ class EpochRecorder(keras.callbacks.Callback):
         history: the rows of the epochs finished before this fit (they are kept).
         monitor, mode: the checkpoint's metric and its direction ("max" or "min").
         phase: the index of the training phase this fit runs (written with each row).
+        save_every_s: the best checkpoint and the resume state are written after the
+            first epoch, then when this many seconds have passed since the last write,
+            and after the fit's last epoch (0: after every epoch).
     """
 
     def __init__(
@@ -221,11 +229,13 @@ class EpochRecorder(keras.callbacks.Callback):
         monitor: str,
         mode: str,
         phase: int,
+        save_every_s: float = 0.0,
     ) -> None:
         super().__init__()
         self.seed_dir = Path(seed_dir)
         self.history = {key: list(values) for key, values in history.items()}
         self.monitor, self.mode, self.phase = monitor, mode, phase
+        self.save_every_s = save_every_s
         self.state = ResumeState(seed_dir)
         previous = self.history.get(monitor, [])
         self.best = (
@@ -233,6 +243,9 @@ class EpochRecorder(keras.callbacks.Callback):
             if previous and not np.isnan(previous).all()
             else None
         )
+        self._last_save: float | None = None  # time.monotonic() of the last write
+        self._unsaved_epochs: int | None = None  # epochs finished, when not written yet
+        self._unsaved_best: list[np.ndarray] | None = None  # a best epoch's weights, waiting
 
     def _improved(self, value: float) -> bool:
         if math.isnan(value):
@@ -254,11 +267,34 @@ class EpochRecorder(keras.callbacks.Callback):
             self.history[key].append(row.get(key, math.nan))
         write_history(self.seed_dir / "history.csv", self.history)
 
-        value = row.get(self.monitor, math.nan)
-        if self._improved(value):
-            self.best = value
+        self._unsaved_epochs = epoch + 1
+        due = self._last_save is None or time.monotonic() - self._last_save >= self.save_every_s
+        if self._improved(row.get(self.monitor, math.nan)):
+            self.best = row[self.monitor]
+            # Written now with the rest, or kept (a copy) until the next write.
+            self._unsaved_best = (
+                None if due else [np.array(w, copy=True) for w in self.model.get_weights()]
+            )
+            if due:
+                save_model_atomically(self.model, self.seed_dir / "best.keras")
+        if due:
+            self._save()
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        if self._unsaved_epochs is not None:
+            self._save()
+
+    def _save(self) -> None:
+        """A best epoch still in memory into best.keras, then the resume state."""
+        if self._unsaved_best is not None:
+            current = self.model.get_weights()
+            self.model.set_weights(self._unsaved_best)
             save_model_atomically(self.model, self.seed_dir / "best.keras")
-        self.state.save(self.model, epoch + 1, self.phase)
+            self.model.set_weights(current)
+            self._unsaved_best = None
+        self.state.save(self.model, self._unsaved_epochs, self.phase)
+        self._unsaved_epochs = None
+        self._last_save = time.monotonic()
 
 
 def _learning_rate(model: keras.Model) -> float:

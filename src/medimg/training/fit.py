@@ -334,7 +334,7 @@ def _phase_callbacks(
     previous = history.get(run.monitor, [])
     mode = MONITOR_MODES[run.monitor]
     callbacks: list[keras.callbacks.Callback] = [
-        EpochRecorder(session.seed_dir, history, run.monitor, mode, index)
+        EpochRecorder(session.seed_dir, history, run.monitor, mode, index, run.checkpoint_every_s)
     ]
     if run.early_stopping.enabled:
         callbacks.append(
