@@ -253,7 +253,7 @@ class RunConfig(_Strict):
         description="write the resume state and the best checkpoint at most this often "
         "(seconds; always after the last epoch of a fit; 0: after every epoch). A kill "
         "loses at most this much training; epochs shorter than it are not slowed by "
-        "checkpoint writes (0.28 s per sample epoch on a 2-core CPU)",
+        "checkpoint writes (docs/design.md)",
     )
     repeats: Annotated[int, Field(ge=1)] = 5
     seed: Seed = 0
