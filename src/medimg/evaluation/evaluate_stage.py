@@ -66,7 +66,7 @@ from medimg.evaluation.seed_evaluation import ensemble, evaluate_predictions
 SUMMARY_FILE = "summary.json"
 # What each summary.json "seeds" entry must give: the seed's predictions, not its
 # model, are what evaluate reads (the train stage predicted with the model it kept).
-SUMMARY_SEED_KEYS = ("seed", "child_run_id", "predictions")
+REQUIRED_SEED_KEYS = ("seed", "child_run_id", "predictions")
 ARTIFACT_DIR = "evaluation"
 STATISTICS = ("mean", "std", "min", "max")
 # metrics.json key -> (split, metric, statistic) of details.json. DVC prints one column
@@ -112,7 +112,7 @@ def _read_summary(run_name: str) -> dict[str, Any]:
     if not summary["seeds"]:
         raise EvaluateError(f"{path}: 'seeds' is empty; nothing to evaluate")
     for entry in summary["seeds"]:
-        absent = [key for key in SUMMARY_SEED_KEYS if key not in entry]
+        absent = [key for key in REQUIRED_SEED_KEYS if key not in entry]
         if absent:
             raise EvaluateError(
                 f"{path}: a 'seeds' entry lacks {absent}: {entry}; "
@@ -193,6 +193,7 @@ def _evaluate_seed(
     run: RunConfig,
     entry: dict[str, Any],
     data: PreparedData,
+    fingerprint: str,
     out_dir: Path,
 ) -> dict[str, Any]:
     """Judge one seed's val and test predictions; write its metrics.json and figures.
@@ -200,7 +201,7 @@ def _evaluate_seed(
     Returns {"metrics": {split: classification_metrics}, "predictions": SplitPredictions}.
     """
     seed = entry["seed"]
-    predictions = _read_seed_predictions(run_name, entry, data)
+    predictions = _read_seed_predictions(run_name, entry, data, fingerprint)
     metrics = evaluate_predictions(predictions, data.classes, run.decision_threshold)
     out_dir.mkdir(parents=True)
     _write_json(out_dir / "metrics.json", {"seed": seed, **metrics})
@@ -217,18 +218,19 @@ def _evaluate_seed(
 
 
 def _read_seed_predictions(
-    run_name: str, entry: dict[str, Any], data: PreparedData
+    run_name: str, entry: dict[str, Any], data: PreparedData, fingerprint: str
 ) -> SplitPredictions:
-    """The probabilities the train stage saved for this seed, checked to belong to `data`."""
+    """The probabilities the train stage saved for this seed, checked to belong to `data`
+    (whose data_fingerprint is `fingerprint`)."""
     path = paths.models_dir(run_name) / entry["predictions"]
     retrain = f"dvc repro train@{run_name}"
     if not path.is_file():
         raise EvaluateError(f"{path}: not found; run the train stage first: {retrain}")
     try:
-        predictions, fingerprint = read_predictions(path)
+        predictions, saved_on = read_predictions(path)
     except ValueError as err:
         raise EvaluateError(f"{err}; re-run the train stage: {retrain}") from None
-    if fingerprint != data_fingerprint(data):
+    if saved_on != fingerprint:
         raise EvaluateError(
             f"{path}: made on other val/test arrays than {data.directory} holds now (the "
             f"augment stage ran again after training); re-run the train stage: {retrain}"
@@ -381,9 +383,12 @@ def _evaluate_into(
     """Evaluate every seed into `staging` and log to MLflow; return details.json's content."""
     run = params.run(run_name)
     per_seed: dict[int, dict[str, Any]] = {}
+    fingerprint = data_fingerprint(data)  # once: every seed was predicted on the same arrays
     for entry in summary["seeds"]:
         seed = entry["seed"]
-        per_seed[seed] = _evaluate_seed(run_name, run, entry, data, staging / f"seed-{seed}")
+        per_seed[seed] = _evaluate_seed(
+            run_name, run, entry, data, fingerprint, staging / f"seed-{seed}"
+        )
     combined = ensemble([result["predictions"] for result in per_seed.values()])
     ensemble_metrics = evaluate_predictions(combined, data.classes, run.decision_threshold)
 

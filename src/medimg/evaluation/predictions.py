@@ -60,15 +60,23 @@ def data_fingerprint(data: Any) -> str:
     return digest.hexdigest()
 
 
+def _array_key(split: str, kind: str) -> str:
+    """The .npz key of one array: "val_y", "test_proba", ... (the GPU runner's layout too)."""
+    return f"{split}_{kind}"
+
+
+ARRAY_KEYS = tuple(_array_key(split, kind) for split in EVALUATED_SPLITS for kind in ("y", "proba"))
+
+
 def save_predictions(path: Path, predictions: SplitPredictions, fingerprint: str) -> None:
     """Write `predictions` and the data's fingerprint to `path` (.npz) whole or not at all."""
     arrays = {
-        f"{kind}_{split}": getattr(predictions, kind)[split]
-        for kind in ("y", "proba")
+        _array_key(split, kind): getattr(predictions, kind)[split]
         for split in EVALUATED_SPLITS
+        for kind in ("y", "proba")
     }
     buffer = io.BytesIO()
-    np.savez(buffer, data_fingerprint=np.array(fingerprint), **arrays)
+    np.savez_compressed(buffer, data_fingerprint=np.array(fingerprint), **arrays)
     atomic.write_file(Path(path), buffer.getvalue())
 
 
@@ -77,10 +85,7 @@ def read_predictions(path: Path) -> tuple[SplitPredictions, str]:
 
     Raises ValueError naming the file when it is not one.
     """
-    expected = {
-        "data_fingerprint",
-        *(f"{kind}_{split}" for kind in ("y", "proba") for split in EVALUATED_SPLITS),
-    }
+    expected = {"data_fingerprint", *ARRAY_KEYS}
     if not zipfile.is_zipfile(path):
         raise ValueError(f"{path}: not a predictions file (an .npz archive of save_predictions)")
     try:
@@ -92,7 +97,7 @@ def read_predictions(path: Path) -> tuple[SplitPredictions, str]:
     if missing:
         raise ValueError(f"{path}: not a predictions file, it lacks {missing}")
     predictions = SplitPredictions(
-        y={split: loaded[f"y_{split}"] for split in EVALUATED_SPLITS},
-        proba={split: loaded[f"proba_{split}"] for split in EVALUATED_SPLITS},
+        y={split: loaded[_array_key(split, "y")] for split in EVALUATED_SPLITS},
+        proba={split: loaded[_array_key(split, "proba")] for split in EVALUATED_SPLITS},
     )
     return predictions, str(loaded["data_fingerprint"])

@@ -11,7 +11,8 @@
       <run>/seed-<k>/result.json SeedRecord (fit timings, best epoch, val/test scalars)
       <run>/seed-<k>/metrics.json  val/test classification_metrics (confusion matrices...)
       <run>/seed-<k>/history.csv   one row per epoch (as fit_one_seed writes it)
-      <run>/seed-<k>/predictions.npz  y and class probabilities of val and test
+      <run>/seed-<k>/predictions.npz  y and class probabilities of val and test, and
+                                   the data's fingerprint (evaluation/predictions.py)
       <run>/seed-<k>/*.png       confusion, ROC and PR curves of test, training curves
 
 A seed folder appears whole or not at all (atomic.building), so a call cut off by
@@ -31,7 +32,6 @@ MANIFEST_FILE = "manifest.json"
 RUN_FILE = "run.json"
 SEED_FILE = "result.json"
 SEED_METRICS_FILE = "metrics.json"
-PREDICTIONS_FILE = "predictions.npz"
 HISTORY_FILE = "history.csv"
 
 

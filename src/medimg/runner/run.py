@@ -32,11 +32,11 @@ from medimg import atomic
 from medimg.config import DatasetConfig, Params, RunConfig, load_params
 from medimg.data.archive import ZipArchive
 from medimg.data.layouts import match_layout
+from medimg.evaluation.predictions import PREDICTIONS_FILE
 from medimg.runner.results import (
     BUNDLE_FILE,
     HISTORY_FILE,
     MANIFEST_FILE,
-    PREDICTIONS_FILE,
     RUN_FILE,
     SEED_FILE,
     SEED_METRICS_FILE,
@@ -118,7 +118,7 @@ def train_and_evaluate_seed(run: RunConfig, data, work: Path, seed: int, out: Pa
     (written whole or not at all)."""
     from medimg.evaluation import figures
     from medimg.evaluation.metrics import roc_points, scalar_metrics
-    from medimg.evaluation.predictions import predict_splits
+    from medimg.evaluation.predictions import data_fingerprint, predict_splits, save_predictions
     from medimg.evaluation.seed_evaluation import evaluate_predictions
     from medimg.training.fit import fit_one_seed
     from medimg.training.predict import load_model
@@ -126,13 +126,8 @@ def train_and_evaluate_seed(run: RunConfig, data, work: Path, seed: int, out: Pa
     fit = fit_one_seed(run, data, work, seed)
     predictions = predict_splits(load_model(fit.model_path), data)
     metrics = evaluate_predictions(predictions, data.classes, run.decision_threshold)
-    arrays = {
-        f"{split}_{kind}": getattr(predictions, kind)[split]
-        for split in ("val", "test")
-        for kind in ("y", "proba")
-    }
     with atomic.building(out) as staging:
-        np.savez_compressed(staging / PREDICTIONS_FILE, **arrays)
+        save_predictions(staging / PREDICTIONS_FILE, predictions, data_fingerprint(data))
         (staging / SEED_METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=float))
         shutil.copy2(work / f"seed-{seed}" / HISTORY_FILE, staging / HISTORY_FILE)
         figures.save_confusion_matrix(
@@ -142,7 +137,7 @@ def train_and_evaluate_seed(run: RunConfig, data, work: Path, seed: int, out: Pa
             title=f"test, seed {seed}",
         )
         figures.save_roc_curves(
-            roc_points(arrays["test_y"], arrays["test_proba"], data.classes),
+            roc_points(predictions.y["test"], predictions.proba["test"], data.classes),
             metrics["test"],
             staging / "roc_test.png",
             title=f"ROC, test, seed {seed}",
