@@ -52,3 +52,15 @@ def test_every_profile_is_complete_as_loaded() -> None:
     assert "sample" in profiles and not profiles["sample"]  # the base values, for DVC
     for name, overrides in profiles.items():
         assert all("." in key for key in overrides or {}), f"profile {name}: not dotted keys"
+
+
+def test_dvc_parses_yaml_with_the_c_extension() -> None:
+    """DVC re-reads dvc.lock (about 4,000 lines) around every stage with ruamel's safe
+    loader; pure Python takes about 6 times as long (pyproject.toml, docs/results.md)."""
+    from ruamel.yaml import YAML
+
+    parser = YAML(typ="safe").Parser
+    assert parser.__module__.startswith("ruamel.yaml.clib"), (
+        f"ruamel.yaml uses {parser.__module__}.{parser.__name__}: install ruamel.yaml.clib "
+        "(pip install -e .)"
+    )

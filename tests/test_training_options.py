@@ -220,3 +220,54 @@ def test_content_crop_removes_a_black_border(tmp_path):
     from medimg.data.intensity import crop_to_content
 
     assert crop_to_content(blank, "content").size == (8, 8)  # nothing brighter: kept whole
+
+
+def test_random_frames_black_out_borders_of_the_chosen_share_of_images():
+    from medimg.data.augmentation import random_frames
+
+    images = np.full((400, 20, 30, 1), 200, dtype=np.uint8)
+    out = random_frames(images, np.random.default_rng(0), probability=0.5, max_fraction=0.2)
+    assert out.shape == images.shape and out.dtype == np.uint8
+    assert (images == 200).all()  # the input is left as it was
+    black = out == 0
+    framed = black.any(axis=(1, 2, 3))
+    assert 0.4 < framed.mean() < 0.6  # about half of the 400 images
+    # what is black is a border: rows/columns from an edge inward, never beyond 20 %
+    for image in out[framed][:, :, :, 0]:
+        dark_rows = np.flatnonzero((image == 0).all(axis=1))
+        dark_cols = np.flatnonzero((image == 0).all(axis=0))
+        top = next((k for k in range(20) if k not in dark_rows), 20)
+        bottom = next((k for k in range(20) if 19 - k not in dark_rows), 20)
+        left = next((k for k in range(30) if k not in dark_cols), 30)
+        right = next((k for k in range(30) if 29 - k not in dark_cols), 30)
+        assert top <= 4 and bottom <= 4 and left <= 6 and right <= 6  # 0.2 * 20, 0.2 * 30
+        inner = image[top : 20 - bottom, left : 30 - right]
+        assert (inner == 200).all()  # inside the frame nothing changed
+    assert not black[~framed].any()
+
+
+def test_random_frames_refuses_out_of_range_settings():
+    from medimg.data.augmentation import random_frames
+
+    images = np.zeros((2, 8, 8, 1), dtype=np.uint8)
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="probability must be in"):
+        random_frames(images, rng, probability=1.5, max_fraction=0.1)
+    with pytest.raises(ValueError, match="max_fraction must be in"):
+        random_frames(images, rng, probability=0.5, max_fraction=0.6)
+    with pytest.raises(ValueError, match="uint8 batch"):
+        random_frames(images.astype(np.float32), rng, probability=0.5, max_fraction=0.1)
+
+
+def test_the_loader_applies_frames_and_params_validate_them():
+    from medimg.config import TrainAugmentConfig
+    from medimg.training.data import loader_augmentation
+
+    augment = loader_augmentation(
+        TrainAugmentConfig(frame_probability=1.0, frame_max_fraction=0.3), geometric=False
+    )
+    images = np.full((16, 10, 10, 1), 90, dtype=np.uint8)
+    out = augment(images, np.random.default_rng(1))
+    assert (out == 0).any() and (out[:, 3:7, 3:7] == 90).all()  # borders only, centre kept
+    with pytest.raises(ValueError, match="frame_probability"):
+        TrainAugmentConfig(frame_probability=2)

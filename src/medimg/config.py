@@ -153,6 +153,11 @@ class TrainAugmentConfig(_Strict):
     brightness: Annotated[float, Field(ge=0, le=1)] = 0.0
     contrast: Annotated[float, Field(ge=0, le=1)] = 0.0
     gamma: Annotated[float, Field(ge=0, le=2)] = 0.0
+    # Random black borders, in the loader: each training image is framed with
+    # frame_probability, each side up to frame_max_fraction of the image wide, so that a
+    # film border cannot stand for a class. medimg.data.augmentation.random_frames.
+    frame_probability: Annotated[float, Field(ge=0, le=1)] = 0.0
+    frame_max_fraction: Annotated[float, Field(gt=0, le=0.5)] = 0.15
 
     @model_validator(mode="after")
     def _zoom_ordered(self) -> TrainAugmentConfig:
@@ -169,6 +174,10 @@ class TrainAugmentConfig(_Strict):
     @property
     def intensity(self) -> bool:
         return self.brightness > 0 or self.contrast > 0 or self.gamma > 0
+
+    @property
+    def frames(self) -> bool:
+        return self.frame_probability > 0
 
 
 class EarlyStoppingConfig(_Strict):

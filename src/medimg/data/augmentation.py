@@ -1,4 +1,4 @@
-"""Random image augmentation: rotation, zoom and additive Gaussian noise.
+"""Random image augmentation: rotation, zoom, additive Gaussian noise and black frames.
 
 Pure numpy/Pillow functions on uint8 arrays of shape (H, W, C), C = 1 or 3,
 so that the augment stage (offline copies) and CPU workers of the training
@@ -37,6 +37,7 @@ __all__ = [
     "augment_batch",
     "augment_image",
     "random_affine",
+    "random_frames",
     "rotate_and_zoom",
 ]
 
@@ -215,3 +216,40 @@ def augment_batch(
             _warp_into(warped[i], image, float(angles[i]), float(zooms[i]))
         images = warped
     return add_gaussian_noise(images, rng, noise_std)
+
+
+def random_frames(
+    images: np.ndarray,
+    rng: np.random.Generator,
+    probability: float,
+    max_fraction: float,
+) -> np.ndarray:
+    """Black out a random border of some images: (N, H, W, C) uint8 -> a new array, same shape.
+
+    Each image gets a frame with `probability`; a framed image's four sides are
+    blacked (set to 0) to widths drawn independently and uniformly from
+    [0, max_fraction] of its height (top, bottom) or width (left, right), rounded
+    down. Why: 83 % of the normal training X-rays carry a black film border
+    against 35 % of the pneumonia ones (docs/research.md), so a model can learn
+    "frame => normal"; framing images of every class at random makes a border
+    carry no class information. probability 0: a copy of `images`.
+    """
+    _check_batch(images)
+    if not 0 <= probability <= 1:
+        raise ValueError(f"frame probability must be in [0, 1], got {probability}")
+    if not 0 < max_fraction <= 0.5:
+        raise ValueError(f"frame max_fraction must be in (0, 0.5], got {max_fraction}")
+    out = images.copy()
+    n, height, width = images.shape[:3]
+    framed = rng.random(n) < probability
+    # (n, 4) fractions of the side for top, bottom, left, right: drawn for every image,
+    # so that the stream of random numbers does not depend on which images are framed.
+    fractions = rng.uniform(0.0, max_fraction, size=(n, 4))
+    for i in np.flatnonzero(framed):
+        top, bottom = (fractions[i, :2] * height).astype(int)
+        left, right = (fractions[i, 2:] * width).astype(int)
+        out[i, :top] = 0
+        out[i, height - bottom :] = 0
+        out[i, :, :left] = 0
+        out[i, :, width - right :] = 0
+    return out

@@ -31,12 +31,12 @@ def loader_augmentation(cfg: TrainAugmentConfig, geometric: bool) -> BatchAugmen
     """The random augmentation the loader applies on the CPU, for ArrayBatches(augment=...).
 
     geometric: the loader also rotates and zooms (False when the model does).
-    Intensity augmentation (brightness, contrast, gamma) always runs here: it is
-    element-wise numpy, cheap on every backend. Noise is left out on purpose: it
-    stays in the model (GaussianNoise). None when there is nothing to do. A
-    `functools.partial` of a module-level function, so that it pickles into workers.
+    Black frames and intensity augmentation (brightness, contrast, gamma) always run
+    here: they are numpy on whole arrays, cheap on every backend. Noise is left out on
+    purpose: it stays in the model (GaussianNoise). None when there is nothing to do.
+    A `functools.partial` of a module-level function, so that it pickles into workers.
     """
-    if not geometric and not cfg.intensity:
+    if not geometric and not cfg.intensity and not cfg.frames:
         return None
     return functools.partial(
         augment_in_loader,
@@ -45,6 +45,8 @@ def loader_augmentation(cfg: TrainAugmentConfig, geometric: bool) -> BatchAugmen
         brightness=cfg.brightness,
         contrast=cfg.contrast,
         gamma=cfg.gamma,
+        frame_probability=cfg.frame_probability,
+        frame_max_fraction=cfg.frame_max_fraction,
     )
 
 
@@ -56,13 +58,19 @@ def augment_in_loader(
     brightness: float,
     contrast: float,
     gamma: float,
+    frame_probability: float = 0.0,
+    frame_max_fraction: float = 0.15,
 ) -> np.ndarray:
-    """Rotation and zoom, then brightness, contrast and gamma: (N, H, W, C) uint8 -> same."""
-    from medimg.data.augmentation import augment_batch
+    """Rotation and zoom, black frames, then brightness, contrast and gamma:
+    (N, H, W, C) uint8 -> same. Each step is skipped when it is off, so that turning
+    one on does not change the random numbers of the steps before it."""
+    from medimg.data.augmentation import augment_batch, random_frames
     from medimg.data.intensity import random_intensity
 
     if rotation_deg > 0 or tuple(zoom_range) != (1.0, 1.0):
         images = augment_batch(images, rng, rotation_deg, zoom_range, noise_std=0.0)
+    if frame_probability > 0:
+        images = random_frames(images, rng, frame_probability, frame_max_fraction)
     return random_intensity(images, rng, brightness, contrast, gamma)
 
 
