@@ -210,6 +210,18 @@ def test_binary_predict_proba_has_a_column_per_class():
         predict_proba(model, np.zeros((1, 3, 3, 1), np.uint8))
 
 
+@pytest.mark.parametrize("rows", [1, 3, 4, 9])
+def test_predict_proba_matches_the_model_for_any_number_of_rows(rows):
+    inputs = keras.Input((2, 2, 1))
+    outputs = keras.layers.Dense(3, activation="softmax")(keras.layers.Flatten()(inputs))
+    model = keras.Model(inputs, outputs)
+    x = np.random.default_rng(rows).integers(1, 256, (rows, 2, 2, 1), dtype=np.uint8)
+    expected = keras.ops.convert_to_numpy(model(x.astype("float32")))
+    probabilities = predict_proba(model, x, batch_size=4)
+    assert probabilities.shape == (rows, 3) and probabilities.dtype == np.float32
+    np.testing.assert_allclose(probabilities, expected, rtol=1e-6)
+
+
 def test_sparse_categorical_auc_matches_sklearn_one_vs_rest_macro():
     rng = np.random.default_rng(0)
     y = np.arange(200) % 4
