@@ -71,6 +71,15 @@ def table(variants: list[dict], rule: str) -> str:
     return "\n".join(lines)
 
 
+def variant_dataset(variant: dict, runs: dict) -> str:
+    """The dataset a variant trained on: its `--set dataset=...` if any, else its run's."""
+    for setting in variant["settings"]:
+        key, _, value = setting.partition("=")
+        if key == "dataset":
+            return value
+    return runs[variant["run"]]["dataset"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help="variant names (default: all)")
@@ -80,7 +89,7 @@ def main() -> None:
     runs = yaml.safe_load((RESEARCH.parents[1] / "params.yaml").read_text())["runs"]
     by_dataset: dict[str, list[dict]] = {}
     for variant in variants:
-        by_dataset.setdefault(runs[variant["run"]]["dataset"], []).append(variant)
+        by_dataset.setdefault(variant_dataset(variant, runs), []).append(variant)
     for dataset, group in by_dataset.items():
         for rule in ("argmax", "youden_val"):
             if any(rule in v["results"] for v in group):
