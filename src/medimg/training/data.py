@@ -58,8 +58,8 @@ def augment_in_loader(
     brightness: float,
     contrast: float,
     gamma: float,
-    frame_probability: float = 0.0,
-    frame_max_fraction: float = 0.15,
+    frame_probability: float,
+    frame_max_fraction: float,
 ) -> np.ndarray:
     """Rotation and zoom, black frames, then brightness, contrast and gamma:
     (N, H, W, C) uint8 -> same. Each step is skipped when it is off, so that turning
