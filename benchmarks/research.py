@@ -28,6 +28,7 @@ import shlex
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -105,12 +106,11 @@ def _summary(details: dict) -> dict:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_variant_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments that define a variant (shared with research_study.py)."""
     parser.add_argument("--name", required=True, help="the variant's name (file name)")
     parser.add_argument("--run", required=True, help="a key of runs: in params.yaml")
     parser.add_argument("--profile", default="cpu-check")
-    parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument(
         "--set",
         action="append",
@@ -127,45 +127,51 @@ def main() -> None:
     )
     parser.add_argument("--scratch", type=Path, default=Path("/tmp/medimg-research"))
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "research")
-    args = parser.parse_args()
 
-    raw, key = effective_params(args)
-    dataset = raw["runs"][key]["dataset"]
+
+@dataclass
+class Workspace:
+    """A variant's scratch folder: its data prepared, its params file, env and log."""
+
+    root: Path
+    params_file: Path
+    env: dict[str, str]
+    log: Path
+    seconds: dict[str, float]  # the data stages' wall time, when they ran here
+
+    def medimg(self, args: list[str]) -> float:
+        """`medimg --params <this variant's file> ARGS`; its wall time in seconds."""
+        return _medimg(["--params", str(self.params_file), *args], self.env, self.log)
+
+    def write_params(self, raw: dict) -> None:
+        self.params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def open_workspace(raw: dict, dataset: str, name: str, scratch: Path, out: Path) -> Workspace:
+    """The scratch folder of `raw`'s dataset configuration, with the data stages run once."""
     data_config = json.dumps(raw["datasets"][dataset], sort_keys=True)
-    root = args.scratch / f"{dataset}-{hashlib.sha256(data_config.encode()).hexdigest()[:10]}"
+    root = scratch / f"{dataset}-{hashlib.sha256(data_config.encode()).hexdigest()[:10]}"
     root.mkdir(parents=True, exist_ok=True)
-    params_file = root / f"params-{args.name}.yaml"
-    params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
     env = {
         **os.environ,
         "MEDIMG_ROOT": str(root),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{args.scratch / 'mlflow.db'}",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{scratch / 'mlflow.db'}",
     }
-    log = args.out / f"{args.name}.log"
-    args.out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / f"{name}.log"
     log.write_text("")
-    seconds = {}
+    space = Workspace(root, root / f"params-{name}.yaml", env, log, {})
+    space.write_params(raw)
     if not (root / "data" / "prepared" / dataset / ".done").is_file():
         for stage in ("fetch", "split", "augment"):
-            seconds[stage] = _medimg(
-                ["--params", str(params_file), stage, "--dataset", dataset], env, log
-            )
+            space.seconds[stage] = space.medimg([stage, "--dataset", dataset])
         (root / "data" / "prepared" / dataset / ".done").write_text(data_config)
-    seconds["train"] = _medimg(["--params", str(params_file), "train", "--run", key], env, log)
-    results = {}
-    rules = (
-        ["argmax", "youden_val"] if len(raw["datasets"][dataset]["classes"]) == 2 else ["argmax"]
-    )
-    for rule in rules:
-        raw["runs"][key]["decision_threshold"] = rule
-        params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
-        seconds[f"evaluate_{rule}"] = _medimg(
-            ["--params", str(params_file), "evaluate", "--run", key], env, log
-        )
-        details = json.loads((root / "reports" / key / "details.json").read_text())
-        results[rule] = _summary(details)
-    summary = json.loads((root / "models" / key / "summary.json").read_text())
-    record = {
+    return space
+
+
+def record_header(args: argparse.Namespace) -> dict:
+    """What every research record starts with: the variant, command, machine, backend, date."""
+    return {
         "name": args.name,
         "run": args.run,
         "profile": args.profile,
@@ -175,6 +181,33 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
         "backend": os.environ.get("KERAS_BACKEND", "tensorflow"),
         "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_variant_arguments(parser)
+    parser.add_argument("--seeds", type=int, default=3)
+    args = parser.parse_args()
+
+    raw, key = effective_params(args)
+    dataset = raw["runs"][key]["dataset"]
+    space = open_workspace(raw, dataset, args.name, args.scratch, args.out)
+    seconds = dict(space.seconds)
+    seconds["train"] = space.medimg(["train", "--run", key])
+    results = {}
+    rules = (
+        ["argmax", "youden_val"] if len(raw["datasets"][dataset]["classes"]) == 2 else ["argmax"]
+    )
+    for rule in rules:
+        raw["runs"][key]["decision_threshold"] = rule
+        space.write_params(raw)
+        seconds[f"evaluate_{rule}"] = space.medimg(["evaluate", "--run", key])
+        details = json.loads((space.root / "reports" / key / "details.json").read_text())
+        results[rule] = _summary(details)
+    summary = json.loads((space.root / "models" / key / "summary.json").read_text())
+    record = {
+        **record_header(args),
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
         "train_seconds_per_seed": [round(s["train_seconds"], 1) for s in summary["seeds"]],
         "images_per_second": [round(s["images_per_second"], 1) for s in summary["seeds"]],

@@ -85,7 +85,12 @@ def main() -> None:
     parser.add_argument("names", nargs="*", help="variant names (default: all)")
     args = parser.parse_args()
     files = [RESEARCH / f"{n}.json" for n in args.names] or sorted(RESEARCH.glob("*.json"))
-    variants = [json.loads(f.read_text()) for f in files]
+    records = {f: json.loads(f.read_text()) for f in files}
+    # research_study.py's records hold a study's trials, not a variant's results
+    studies = [f.name for f, record in records.items() if "trials" in record]
+    if args.names and studies:
+        raise SystemExit(f"{', '.join(studies)}: a study's record, not a variant's; leave it out")
+    variants = [record for record in records.values() if "trials" not in record]
     runs = yaml.safe_load((RESEARCH.parents[1] / "params.yaml").read_text())["runs"]
     by_dataset: dict[str, list[dict]] = {}
     for variant in variants:
