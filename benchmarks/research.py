@@ -48,6 +48,18 @@ def _set(tree: dict, dotted: str, value: object) -> None:
     tree[last] = value
 
 
+def parse_settings(items: list[str]) -> dict[str, object]:
+    """["a.b=0.1", "c={low: 1, high: 2}"] -> {"a.b": 0.1, "c": {"low": 1, "high": 2}}: the
+    values of --set and the like are YAML."""
+    out = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise SystemExit(f"{item!r}: expected KEY=VALUE")
+        out[key] = yaml.safe_load(text)
+    return out
+
+
 def effective_params(args: argparse.Namespace) -> tuple[dict, str]:
     """(params mapping for this variant, its run key) with the profile applied as base."""
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -57,14 +69,12 @@ def effective_params(args: argparse.Namespace) -> tuple[dict, str]:
     raw["profile"] = args.profile
     run = copy.deepcopy(raw["runs"][args.run])
     key = f"{args.run}__{args.name}"
-    for item in args.set:
-        dotted, _, text = item.partition("=")
-        _set(run, dotted, yaml.safe_load(text))
+    for dotted, value in parse_settings(args.set).items():
+        _set(run, dotted, value)
     _set(run, "repeats", args.seeds)
     raw["runs"] = {key: run}
-    for item in args.dataset_set:
-        dotted, _, text = item.partition("=")
-        _set(raw["datasets"][run["dataset"]], dotted, yaml.safe_load(text))
+    for dotted, value in parse_settings(args.dataset_set).items():
+        _set(raw["datasets"][run["dataset"]], dotted, value)
     raw.pop("tune", None)  # the studies are not part of a variant
     for dataset in raw["datasets"].values():  # relative sources are the repository's
         source = dataset["fetch"]["source"]

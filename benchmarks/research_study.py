@@ -26,18 +26,13 @@ import yaml
 from medimg.config import parse_params
 
 # research.py, beside this script (python puts the script's folder on sys.path)
-from research import add_variant_arguments, effective_params, open_workspace, record_header
-
-
-def _pairs(items: list[str]) -> dict[str, object]:
-    """["a.b={low: 1, high: 2}", ...] -> {"a.b": {"low": 1, "high": 2}} (values are YAML)."""
-    out = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep:
-            raise SystemExit(f"{item!r}: expected KEY=VALUE")
-        out[key] = yaml.safe_load(text)
-    return out
+from research import (
+    add_variant_arguments,
+    effective_params,
+    open_workspace,
+    parse_settings,
+    record_header,
+)
 
 
 def main() -> None:
@@ -61,7 +56,13 @@ def main() -> None:
     args.seeds = 1  # a trial's seeds are the study's `repeats`, not the run's
 
     raw, key = effective_params(args)
-    raw["tune"] = {args.name: {"run": key, **_pairs(args.study_set), "space": _pairs(args.space)}}
+    raw["tune"] = {
+        args.name: {
+            "run": key,
+            **parse_settings(args.study_set),
+            "space": parse_settings(args.space),
+        }
+    }
     parse_params(raw)  # a bad study or space entry fails here, naming the key
     dataset = raw["runs"][key]["dataset"]
     space = open_workspace(raw, dataset, args.name, args.scratch, args.out)
