@@ -7,7 +7,7 @@ VENV ?= .venv
 # run inside it without activating anything.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup setup-dev run test lint mlflow-ui
+.PHONY: setup setup-dev run test test-fast lint mlflow-ui
 
 # What the pipeline needs (`make run`), then the developer tools on top (`make test`).
 # Kept apart because the dev extras bring JAX (the GPU runner's tests), and TensorFlow
@@ -37,6 +37,11 @@ lint: setup-dev
 
 test: lint
 	python -m pytest
+
+# Each module's own logic in at most 3 minutes on a 2-core CPU: no training runs, no
+# servers, no pipeline (the tiers are pytest markers, pyproject.toml).
+test-fast: setup-dev
+	python -m pytest -m "not slow and not e2e and not cluster and not pipeline"
 
 mlflow-ui: setup
 	mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --port 5000

@@ -33,7 +33,8 @@ import pandas as pd
 import yaml
 from PIL import Image, ImageDraw
 
-from medimg.config import SplitConfig, parse_params
+from medimg.config.datasets import SplitConfig
+from medimg.config.params import parse_params
 from medimg.data.duplicates import (
     dhash_to_words,
     neighbour_pairs,

@@ -38,9 +38,8 @@ from PIL import Image
 
 from medimg.inference import DEFAULT_BATCH_SIZE
 from medimg.inference.classifier import ImageClassifier
-from medimg.inference.predict import predict_inputs
-from medimg.models import build_backbone
-from medimg.predict_image import predict_image
+from medimg.inference.predict import predict_image, predict_inputs
+from medimg.models.registry import build_backbone
 from medimg.training.classifier import assemble_classifier
 
 CLINICAL_SIZE = (2000, 1500)  # width, height

@@ -33,7 +33,8 @@ from pathlib import Path
 
 import yaml
 
-from medimg.config import apply_profile, parse_params
+from medimg.config.base import apply_profile
+from medimg.config.params import parse_params
 
 REPO = Path(__file__).resolve().parents[1]
 SUMMARY_KEYS = ("accuracy", "balanced_accuracy", "roc_auc", "recall", "specificity", "f1")

@@ -23,7 +23,7 @@ import json
 
 import yaml
 
-from medimg.config import parse_params
+from medimg.config.params import parse_params
 
 # research.py, beside this script (python puts the script's folder on sys.path)
 from research import (

@@ -29,8 +29,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from medimg.config import TrainAugmentConfig
-from medimg.models import MODELS, build_backbone
+from medimg.config.runs import TrainAugmentConfig
+from medimg.models.registry import build_backbone, get_spec, known_models
 from medimg.training.classifier import assemble_classifier
 from medimg.training.data import ArrayBatches, loader_augmentation
 
@@ -65,12 +65,12 @@ def build_variant(
         args.model,
         x_memmap.shape[1:],
         2,
-        {"weights": "none"} if "weights" in MODELS[args.model].options.model_fields else {},
+        {"weights": "none"} if "weights" in get_spec(args.model).options.model_fields else {},
     )
     model = assemble_classifier(
         backbone,
         x_memmap.shape[1:],
-        MODELS[args.model].input_range,
+        get_spec(args.model).input_range,
         augmentation=AUGMENT if variant in ("c in-model", "d loader") else None,
         augment_in_model=variant == "c in-model",
     )
@@ -116,7 +116,7 @@ def measure(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="xray_cnn", choices=sorted(MODELS))
+    parser.add_argument("--model", default="xray_cnn", choices=known_models())
     parser.add_argument("--channels", type=int, default=1, choices=(1, 3))
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 224])
     parser.add_argument("--images", type=int, default=128, help="images per epoch")

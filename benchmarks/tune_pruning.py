@@ -25,7 +25,7 @@ import yaml
 
 def _run_variant(raw: dict, study: str, prepared: Path, dataset: str, protocol: str) -> dict:
     """One study in a fresh root; returns its trial counts, epochs and best value."""
-    from medimg.config import parse_params
+    from medimg.config.params import parse_params
     from medimg.tuning.tune_stage import run_tune
 
     with tempfile.TemporaryDirectory(prefix="medimg-tune-bench-") as folder:
@@ -33,7 +33,7 @@ def _run_variant(raw: dict, study: str, prepared: Path, dataset: str, protocol: 
         shutil.copytree(prepared, root / "data" / "prepared" / dataset / protocol)
         os.environ["MEDIMG_ROOT"] = str(root)
         started = time.perf_counter()
-        summary = run_tune(parse_params(raw), study)
+        summary = run_tune(parse_params(raw).study_settings(study))
         seconds = time.perf_counter() - started
     return {**summary, "seconds": seconds}
 
@@ -48,7 +48,7 @@ def main() -> None:
 
     os.environ.pop("MLFLOW_TRACKING_URI", None)  # each variant's own sqlite store
     os.environ.pop("MEDIMG_OPTUNA_STORAGE", None)  # and its own journal file
-    from medimg.config import load_params
+    from medimg.config.params import load_params
 
     params = load_params(args.params)
     run = params.run(params.study(args.study).run)

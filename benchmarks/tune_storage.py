@@ -61,6 +61,9 @@ from typing import Any
 
 import yaml
 
+# The tests' tiny dataset (tests/tiny_data.py), so the benchmark trains on the same arrays.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
 STORAGES = ("journal", "sqlite", "postgresql")
 # A storage's trouble in a worker's stderr: SQLite's lock, SQLAlchemy's and psycopg's
 # errors, PostgreSQL's deadlock and serialization failures, a storage that cannot open.
@@ -112,7 +115,7 @@ class StorageTimer:
 def _worker(args: argparse.Namespace) -> None:
     """One `medimg tune` worker with a timed storage; prints one JSON line of its figures."""
     import medimg.tuning.tune_stage as tune_stage
-    from medimg.config import load_params
+    from medimg.config.params import load_params
 
     timers: list[StorageTimer] = []
     opened = tune_stage.open_storage
@@ -124,7 +127,9 @@ def _worker(args: argparse.Namespace) -> None:
 
     tune_stage.open_storage = open_timed  # the benchmark's one intrusion: time the storage
     started = time.perf_counter()
-    summary = tune_stage.run_tune(load_params(args.params), args.study, storage=args.storage)
+    summary = tune_stage.run_tune(
+        load_params(args.params).study_settings(args.study), storage=args.storage
+    )
     print(
         json.dumps(
             {
@@ -140,7 +145,7 @@ def _worker(args: argparse.Namespace) -> None:
 
 def _tiny_params(trials: int, epochs: int, seed: int, image_size: int) -> dict:
     """params.yaml: one tiny run and one study over its learning rate, no pruner."""
-    from medimg.testing import tiny_datasets
+    from tiny_data import tiny_datasets
 
     return {
         "profile": "sample",
@@ -194,8 +199,8 @@ def _measure(args: argparse.Namespace, kind: str, workers: int, stack: Any) -> d
     """One cell of part 1: `workers` tune workers on a fresh study in storage `kind`."""
     import optuna
 
-    from medimg.testing import write_tiny_prepared
     from medimg.tuning.storage import open_storage
+    from tiny_data import write_tiny_prepared
 
     with tempfile.TemporaryDirectory(prefix="medimg-storage-bench-") as folder:
         root = Path(folder)

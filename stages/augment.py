@@ -1,8 +1,9 @@
-"""DVC stage `augment`: `python stages/augment.py --dataset <name>` (see dvc.yaml)."""
+"""DVC stage `augment` (dvc.yaml): `python stages/augment.py --help` says its arguments."""
 
 import sys
 
-from medimg.cli import run_stage
+from medimg.commands import augment
+from medimg.commands.base import run_stage
 
 if __name__ == "__main__":
-    run_stage(["augment", *sys.argv[1:]])
+    run_stage(augment.COMMAND, sys.argv[1:])

@@ -1,8 +1,9 @@
-"""DVC stage `evaluate`: `python stages/evaluate.py --run <name>` (see dvc.yaml)."""
+"""DVC stage `evaluate` (dvc.yaml): `python stages/evaluate.py --help` says its arguments."""
 
 import sys
 
-from medimg.cli import run_stage
+from medimg.commands import evaluate
+from medimg.commands.base import run_stage
 
 if __name__ == "__main__":
-    run_stage(["evaluate", *sys.argv[1:]])
+    run_stage(evaluate.COMMAND, sys.argv[1:])

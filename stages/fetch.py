@@ -1,8 +1,9 @@
-"""DVC stage `fetch`: `python stages/fetch.py --dataset <name>` (see dvc.yaml)."""
+"""DVC stage `fetch` (dvc.yaml): `python stages/fetch.py --help` says its arguments."""
 
 import sys
 
-from medimg.cli import run_stage
+from medimg.commands import fetch
+from medimg.commands.base import run_stage
 
 if __name__ == "__main__":
-    run_stage(["fetch", *sys.argv[1:]])
+    run_stage(fetch.COMMAND, sys.argv[1:])

@@ -1,8 +1,9 @@
-"""DVC stage `report`: `python stages/report.py` (see dvc.yaml)."""
+"""DVC stage `report` (dvc.yaml): `python stages/report.py --help` says its arguments."""
 
 import sys
 
-from medimg.cli import run_stage
+from medimg.commands import report
+from medimg.commands.base import run_stage
 
 if __name__ == "__main__":
-    run_stage(["report", *sys.argv[1:]])
+    run_stage(report.COMMAND, sys.argv[1:])

@@ -1,8 +1,9 @@
-"""DVC stage `split`: `python stages/split.py --dataset <name>` (see dvc.yaml)."""
+"""DVC stage `split` (dvc.yaml): `python stages/split.py --help` says its arguments."""
 
 import sys
 
-from medimg.cli import run_stage
+from medimg.commands import split
+from medimg.commands.base import run_stage
 
 if __name__ == "__main__":
-    run_stage(["split", *sys.argv[1:]])
+    run_stage(split.COMMAND, sys.argv[1:])

@@ -1,8 +1,9 @@
-"""DVC stage `train`: `python stages/train.py --run <name>` (see dvc.yaml)."""
+"""DVC stage `train` (dvc.yaml): `python stages/train.py --help` says its arguments."""
 
 import sys
 
-from medimg.cli import run_stage
+from medimg.commands import train
+from medimg.commands.base import run_stage
 
 if __name__ == "__main__":
-    run_stage(["train", *sys.argv[1:]])
+    run_stage(train.COMMAND, sys.argv[1:])

@@ -1,8 +1,9 @@
-"""DVC stage `tune`: `python stages/tune.py --study <name>` (see dvc.yaml)."""
+"""DVC stage `tune` (dvc.yaml): `python stages/tune.py --help` says its arguments."""
 
 import sys
 
-from medimg.cli import run_stage
+from medimg.commands import tune
+from medimg.commands.base import run_stage
 
 if __name__ == "__main__":
-    run_stage(["tune", *sys.argv[1:]])
+    run_stage(tune.COMMAND, sys.argv[1:])

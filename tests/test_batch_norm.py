@@ -6,8 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from medimg.config import TrainAugmentConfig
-from medimg.models import BACKBONE_NAME, build_backbone
+from medimg.config.runs import TrainAugmentConfig
+from medimg.models.registry import BACKBONE_NAME, build_backbone
 from medimg.training.batch_norm import (
     NoBatchNormError,
     batch_norm_layers,
@@ -92,6 +92,7 @@ def test_the_sample_is_seeded_and_capped():
     assert len(clean_training_sample(x, seed=3, n=100)) == 50
 
 
+@pytest.mark.slow
 def test_fit_keeps_a_checkpoint_with_clean_statistics(binary_data, tmp_path):  # noqa: F811
     options = {"feature_maps": 4, "dense_units": [8, 8], "batch_norm": True}
     augmentation = TrainAugmentConfig(noise_std=40)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -42,15 +43,37 @@ def test_invalid_params_file_fails_before_any_work(tmp_path: Path) -> None:
     text = (REPO / "params.yaml").read_text().replace("batch_size: 8", "batch_size: 0", 1)
     bad.write_text(text)
     result = subprocess.run(
-        [sys.executable, "-m", "medimg.cli", "--params", str(bad), "split", "--dataset", "x"],
+        [sys.executable, "-m", "medimg.cli", "--params", str(bad), "train", "--run", "xray_cnn"],
         capture_output=True,
         text=True,
         cwd=tmp_path,
     )
     assert result.returncode == 2
-    assert "runs.xray_cnn.batch_size = 0" in result.stderr
+    assert "runs.xray_cnn.batch_size = 0 (from run_defaults.by_dataset.chest_xray.batch_size)" in (
+        result.stderr
+    )
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.slow
+def test_a_data_stage_reads_only_its_dataset(tmp_path: Path) -> None:
+    """A bad run does not stop fetch, which reads datasets.<name> only (and DVC tracks
+    only that); the train stage and `medimg params`, which read the run, refuse it."""
+    shutil.copytree(REPO / "data" / "sample" / "chest_xray", tmp_path / "data/sample/chest_xray")
+    text = (REPO / "params.yaml").read_text().replace("batch_size: 8", "batch_size: 0", 1)
+    (tmp_path / "params.yaml").write_text(text)
+    env = {**os.environ, "MEDIMG_ROOT": str(tmp_path)}
+
+    def medimg(*args: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "medimg.cli", *args]
+        return subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env)
+
+    assert medimg("fetch", "--dataset", "chest_xray").returncode == 0
+    assert (tmp_path / "data/raw/chest_xray/manifest.csv").is_file()
+    for refused in (medimg("params"), medimg("train", "--run", "xray_cnn")):
+        assert refused.returncode == 2
+        assert "runs.xray_cnn.batch_size = 0" in refused.stderr
 
 
 def test_stage_scripts_call_the_cli() -> None:
@@ -64,6 +87,7 @@ def test_stage_scripts_call_the_cli() -> None:
         assert f"usage: medimg {stage}" in result.stdout
 
 
+@pytest.mark.slow
 def test_train_without_prepared_arrays_names_the_stage_to_run(tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
     result = subprocess.run(
@@ -83,7 +107,8 @@ def test_train_without_prepared_arrays_names_the_stage_to_run(tmp_path: Path) ->
 RUN_STAGE_SCRIPT = """
 import atexit, sys, threading, time
 from pathlib import Path
-from medimg.cli import run_stage
+from medimg.commands import fetch, params
+from medimg.commands.base import run_stage
 
 out = Path(sys.argv[1])
 atexit.register(lambda: (out / "atexit-ran").write_text("yes"))
@@ -94,7 +119,8 @@ from concurrent.futures import ThreadPoolExecutor
 pool = ThreadPoolExecutor(2)
 pool.submit(lambda: None).result()
 print("printed before the exit, left unflushed in a pipe", end="")
-run_stage(sys.argv[2:])
+command = {"params": params, "fetch": fetch}[sys.argv[2]].COMMAND
+run_stage(command, sys.argv[3:])
 """
 
 
@@ -124,7 +150,10 @@ def test_run_stage_exits_with_mains_status_after_threads_handlers_and_output(
 
 def test_run_stage_leaves_an_exception_to_the_normal_exit(tmp_path: Path) -> None:
     """A bug keeps its traceback and the interpreter's own status (1)."""
-    script = "import medimg.cli as cli\ncli.main = lambda argv: 1 / 0\ncli.run_stage(['params'])\n"
+    script = (
+        "from medimg.commands.base import Command, run_stage\n"
+        "run_stage(Command('bug', 'a bug', lambda parser: None, lambda args: 1 / 0), [])\n"
+    )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.returncode == 1
     assert "ZeroDivisionError" in result.stderr and "Traceback" in result.stderr

@@ -19,7 +19,7 @@ import pytest
 from mlflow import MlflowClient
 
 from medimg import tracking, tracking_callbacks
-from medimg.config import Params
+from medimg.config.params import Params
 from medimg.team.mlflow_server import start_mlflow_server, stop_process_group
 from medimg.team.stack import Stack, free_port
 from medimg.training.train_stage import run_train
@@ -56,7 +56,7 @@ def test_training_logs_runs_metrics_and_model_to_the_server(
     cluster_stack: Stack, root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", cluster_stack.tracking_uri)
-    summary = run_train(_tiny_params("served"), "tiny")
+    summary = run_train(_tiny_params("served").run_settings("tiny"))
 
     # Read back through the server, as a colleague on another machine would.
     client = MlflowClient(cluster_stack.tracking_uri)
@@ -169,7 +169,7 @@ def test_training_carries_on_when_the_tracking_server_restarts(
             events.append((f"logged epoch {epoch + 1}", time.monotonic()))
 
     monkeypatch.setattr(tracking_callbacks, "MlflowEpochLogger", KillServerAfterFirstEpoch)
-    summary = run_train(_tiny_params("restarted"), "tiny")
+    summary = run_train(_tiny_params("restarted").run_settings("tiny"))
     restarts[0].join()
 
     client = MlflowClient(own_server.uri)
@@ -207,7 +207,7 @@ def test_training_stopped_by_a_long_outage_resumes_on_rerun(
 
     monkeypatch.setattr(tracking_callbacks, "MlflowEpochLogger", KillServerAfterFirstEpoch)
     with pytest.raises(Exception) as raised:
-        run_train(_tiny_params("outage"), "tiny")
+        run_train(_tiny_params("outage").run_settings("tiny"))
     errors = [e for e in _exception_chain(raised.value) if isinstance(e, tracking.TrackingError)]
     assert errors, f"no TrackingError in {raised.value!r}"
     message = str(errors[0])
@@ -222,7 +222,7 @@ def test_training_stopped_by_a_long_outage_resumes_on_rerun(
     # nothing could tell the server: the runs are RUNNING until the re-run finishes them
     assert _runs(client, experiment_id) == {"tiny": "RUNNING", "tiny/seed-0": "RUNNING"}
 
-    summary = run_train(_tiny_params("outage"), "tiny")
+    summary = run_train(_tiny_params("outage").run_settings("tiny"))
     assert _runs(client, experiment_id) == {
         "tiny": "FINISHED",
         "tiny/seed-0": "FINISHED",

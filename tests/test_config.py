@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medimg.config import ParamsError, apply_overrides, load_params, parse_params
+from medimg.config.base import ParamsError, apply_overrides
+from medimg.config.params import load_params, parse_params
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,7 +55,7 @@ def test_full_profile_overrides_sources_and_sizes(raw: dict) -> None:
 def test_invalid_values_name_key_value_and_allowed(
     raw: dict, dotted: str, value: object, expected_in_message: str
 ) -> None:
-    bad = apply_overrides(raw, {dotted: value}, "test")
+    bad = apply_overrides(raw, {dotted: value}, "test", ("runs",))
     with pytest.raises(ParamsError) as err:
         parse_params(bad)
     assert expected_in_message in str(err.value)
@@ -86,13 +87,20 @@ def test_unknown_profile_and_bad_override_key(raw: dict) -> None:
     with pytest.raises(ParamsError, match="profile = 'huge' is not defined"):
         parse_params({**raw, "profile": "huge"})
     bad = copy.deepcopy(raw)
+    bad["profiles"]["full"]["datasets.chest_xray.prepare.image_sise"] = 3
+    with pytest.raises(ParamsError, match=r"'datasets\.chest_xray\.prepare\.image_sise' does not"):
+        parse_params({**bad, "profile": "full"})
+    # a run takes keys it does not state from run_defaults: a profile may set them, and
+    # the run's schema catches a typo
+    bad = copy.deepcopy(raw)
     bad["profiles"]["full"]["runs.xray_cnn.epoch"] = 3
-    with pytest.raises(ParamsError, match=r"'runs\.xray_cnn\.epoch' does not exist"):
+    with pytest.raises(ParamsError, match=r"runs\.xray_cnn\.epoch = 3: unknown key"):
         parse_params({**bad, "profile": "full"})
 
 
 def test_seeds_of_repeats(raw: dict) -> None:
-    run = parse_params(apply_overrides(raw, {"runs.xray_cnn.seed": 10}, "t")).runs["xray_cnn"]
+    raw["runs"]["xray_cnn"]["seed"] = 10
+    run = parse_params(raw).runs["xray_cnn"]
     assert run.seeds() == [10 + k for k in range(run.repeats)]
 
 
@@ -123,7 +131,7 @@ def test_ill_typed_model_option_fails_naming_the_value(raw: dict) -> None:
 def test_fine_tuning_needs_an_epoch_after_the_frozen_ones(raw: dict) -> None:
     run = raw["runs"]["xray_cnn"]
     run["fine_tuning"] = {
-        "frozen_epochs": run["epochs"],
+        "frozen_epochs": raw["run_defaults"]["by_dataset"]["chest_xray"]["epochs"],
         "unfreeze_top_blocks": 1,
         "learning_rate": 1e-4,
     }

@@ -1,22 +1,19 @@
-"""dvc.yaml's deps cover every project module each stage imports.
+"""dvc.yaml's deps are exactly the project modules each stage imports.
 
 DVC re-runs a stage only when one of its deps changes, so a module that a stage
-imports but does not list can change the stage's output without DVC noticing.
-For every stage, start from the script its `cmd` runs (stages/<x>.py), follow the
-project's imports transitively through the source (AST, so nothing is imported
-here), and require each reached file to be a dep or inside a dep folder.
+imports but does not list can change the stage's output without DVC noticing; and a
+dep the stage does not import re-runs it for nothing (editing a model re-ran the data
+stages before). For every stage, start from the script its `cmd` runs
+(stages/<x>.py), follow the project's imports transitively through the source (AST,
+so nothing is imported here), and require each reached file to be a dep or inside a
+dep folder, and each code dep to hold a reached file.
 
 Followed: `import medimg.x`, `from medimg.x import y`, `from medimg import x` and
 relative imports, also inside functions (lazy imports are still imports); a package
 counts as its __init__.py, and importing a submodule runs its parents' __init__.py.
-Not followed: imports under `if TYPE_CHECKING:` (never run) and modules named by
-strings (`importlib.import_module`, e.g. the model registry), which a stage must cover
-by listing their folder.
-
-medimg.cli is the one dispatcher: every subcommand's imports sit inside its handler,
-and a stage script runs one subcommand (`main(["fetch", ...])`). There only the
-functions that run for that subcommand are followed: `main`, `build_parser`, the
-handler `_<subcommand>`, and the cli functions they call.
+Not followed: imports under `if TYPE_CHECKING:` (never run). The model registry
+imports medimg.models.zoo.<model> by name (importlib): a stage that reaches the
+registry reaches the zoo, whose modules are followed too.
 """
 
 from __future__ import annotations
@@ -32,8 +29,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
 PACKAGE = "medimg"
-DISPATCHER = "medimg.cli"
-ALWAYS_RUN = ("main", "build_parser")  # cli functions that run for every subcommand
+REGISTRY = "medimg.models.registry"
+ZOO = "medimg.models.zoo"
 
 
 def module_file(module: str) -> Path | None:
@@ -106,71 +103,24 @@ def imported_modules(nodes: list[ast.AST], importer: str | None, is_package: boo
     return found
 
 
-def _defined_functions(tree: ast.Module) -> dict[str, ast.FunctionDef]:
-    return {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
-
-
-def dispatched_nodes(tree: ast.Module, subcommand: str) -> list[ast.AST]:
-    """The parts of cli.py that run for `subcommand`: module level and the functions run."""
-    functions = _defined_functions(tree)
-    handler = f"_{subcommand.replace('-', '_')}"
-    assert handler in functions, f"{DISPATCHER} has no handler {handler}() for {subcommand!r}"
-    reached, queue = set(), deque([*ALWAYS_RUN, handler])
-    while queue:
-        name = queue.popleft()
-        if name in reached or name not in functions:
-            continue
-        reached.add(name)
-        for node in ast.walk(functions[name]):
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
-                queue.append(node.func.id)
-    top_level = [n for n in tree.body if not isinstance(n, ast.FunctionDef | ast.ClassDef)]
-    classes = [n for n in tree.body if isinstance(n, ast.ClassDef)]
-    return [*top_level, *classes, *(functions[name] for name in sorted(reached))]
-
-
-# The functions of medimg.cli that a stage script calls with ["<subcommand>", ...].
-ENTRY_POINTS = ("main", "run_stage")
-
-
-def cli_subcommand(tree: ast.Module) -> str | None:
-    """ "fetch" for a script that calls main(["fetch", ...]) or run_stage(["fetch", ...])
-    imported from medimg.cli."""
-    imported = {
-        a.name
-        for n in ast.walk(tree)
-        if isinstance(n, ast.ImportFrom) and n.module == DISPATCHER
-        for a in n.names
-        if a.name in ENTRY_POINTS
-    }
-    for node in ast.walk(tree):
-        if (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Name)
-            and node.func.id in imported
-            and node.args
-            and isinstance(node.args[0], ast.List)
-            and node.args[0].elts
-            and isinstance(node.args[0].elts[0], ast.Constant)
-        ):
-            return str(node.args[0].elts[0].value)
-    return None
+def zoo_modules() -> list[str]:
+    """Every model module of the zoo (the registry imports them by name)."""
+    folder = SRC.joinpath(*ZOO.split("."))
+    return sorted(f"{ZOO}.{p.stem}" for p in folder.glob("*.py") if not p.stem.startswith("_"))
 
 
 def reached_files(script: Path) -> dict[Path, Path | None]:
     """Every project file that running `script` imports: {file: the file that imported it}."""
-    subcommand = cli_subcommand(ast.parse(script.read_text()))
     parent: dict[Path, Path | None] = {script: None}
     queue = deque([script])
     while queue:
         path = queue.popleft()
         tree = ast.parse(path.read_text(), filename=str(path))
         name = module_name(path)
-        if name == DISPATCHER and subcommand is not None:
-            nodes = dispatched_nodes(tree, subcommand)
-        else:
-            nodes = [tree]
-        for module in sorted(imported_modules(nodes, name, path.name == "__init__.py")):
+        modules = imported_modules([tree], name, path.name == "__init__.py")
+        if name == REGISTRY:
+            modules |= {m for zoo in zoo_modules() for m in _with_parents(zoo)}
+        for module in sorted(modules):
             target = module_file(module)
             if target is not None and target not in parent:
                 parent[target] = path
@@ -197,17 +147,42 @@ def stage_script(name: str, cmd: str) -> Path:
     return REPO / scripts[0]
 
 
+def code_deps(stage: dict) -> list[str]:
+    """The stage's deps that are project code (src/ or stages/), with `${item.model}`
+    standing for every zoo module (the only code dep interpolated per foreach item)."""
+    deps = []
+    for dep in stage.get("deps", []):
+        dep = dep.rstrip("/")
+        if not dep.startswith(("src/", "stages/")):
+            continue
+        if "${" in dep:
+            assert dep == "src/medimg/models/zoo/${item.model}.py", f"unexpected code dep {dep}"
+            deps += [f"src/{m.replace('.', '/')}.py" for m in zoo_modules()]
+        else:
+            deps.append(dep)
+    return deps
+
+
 def uncovered(stage: dict, script: Path) -> list[str]:
     """Messages for the reached project files no dep of `stage` covers."""
-    # A dep with `${...}` is interpolated per foreach item: data, never code.
-    code_deps = [d.rstrip("/") for d in stage.get("deps", []) if "${" not in d]
+    deps = code_deps(stage)
     parent = reached_files(script)
     problems = []
     for path in sorted(parent):
         rel = path.relative_to(REPO).as_posix()
-        if not any(rel == dep or rel.startswith(dep + "/") for dep in code_deps):
+        if not any(rel == dep or rel.startswith(dep + "/") for dep in deps):
             problems.append(f"{rel} (import chain: {import_chain(parent, path)})")
     return problems
+
+
+def unused(stage: dict, script: Path) -> list[str]:
+    """The stage's code deps that hold no file its script imports."""
+    reached = {path.relative_to(REPO).as_posix() for path in reached_files(script)}
+    return [
+        dep
+        for dep in dict.fromkeys(code_deps(stage))
+        if not any(rel == dep or rel.startswith(dep + "/") for rel in reached)
+    ]
 
 
 @pytest.mark.parametrize("name", sorted(_stages()))
@@ -217,6 +192,13 @@ def test_stage_deps_cover_every_imported_module(name: str) -> None:
     assert not problems, f"dvc.yaml stage {name!r}: not covered by its deps:\n  " + "\n  ".join(
         problems
     )
+
+
+@pytest.mark.parametrize("name", sorted(_stages()))
+def test_stage_deps_hold_only_imported_modules(name: str) -> None:
+    stage = _stages()[name]
+    extra = unused(stage, stage_script(name, stage["cmd"]))
+    assert not extra, f"dvc.yaml stage {name!r}: deps its script never imports: {extra}"
 
 
 def point_at(monkeypatch: pytest.MonkeyPatch, root: Path) -> None:
@@ -263,24 +245,3 @@ def test_lazy_relative_and_package_imports_are_followed(tmp_path, monkeypatch) -
     stage = {"deps": ["stages/x.py", "src/medimg/pkg", "src/medimg/a.py", "data/${key}"]}
     problems = uncovered(stage, tmp_path / "stages" / "x.py")
     assert [p.split(" ")[0] for p in problems] == ["src/medimg/__init__.py", "src/medimg/c.py"]
-
-
-def test_only_the_dispatched_subcommand_of_the_cli_is_followed(tmp_path, monkeypatch) -> None:
-    point_at(monkeypatch, tmp_path)
-    write(tmp_path, "stages/fetch.py", 'from medimg.cli import main\nmain(["fetch"])\n')
-    write(tmp_path, "src/medimg/__init__.py", "")
-    write(
-        tmp_path,
-        "src/medimg/cli.py",
-        "def _fetch():\n    import medimg.fetching\n"
-        "def _train():\n    import medimg.training\n"
-        "def _helper():\n    import medimg.parsing\n"
-        "def build_parser():\n    _helper()\n"
-        "def main():\n    build_parser()\n",
-    )
-    for name in ("fetching", "training", "parsing"):
-        write(tmp_path, f"src/medimg/{name}.py", "")
-
-    reached = {p.name for p in reached_files(tmp_path / "stages" / "fetch.py")}
-
-    assert reached == {"fetch.py", "__init__.py", "cli.py", "fetching.py", "parsing.py"}

@@ -16,8 +16,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 # The copy of tracked and untracked-but-not-ignored files that the end-to-end test uses.
 from test_pipeline_e2e import _copy_repository
+
+pytestmark = pytest.mark.slow  # each test trains, or runs a server
 
 TARGET = "augment@chest_xray"
 DATA_OUTPUTS = ("data/raw/chest_xray", "data/splits/chest_xray", "data/prepared/chest_xray")

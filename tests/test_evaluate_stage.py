@@ -26,7 +26,7 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from medimg import tracking
-from medimg.config import Params, load_params, parse_params
+from medimg.config.params import Params, load_params, parse_params
 from medimg.data.prepared import load_prepared
 from medimg.evaluation.evaluate_stage import (
     HEADLINE_METRICS,
@@ -40,7 +40,7 @@ from medimg.evaluation.predictions import (
     predict_splits,
     save_predictions,
 )
-from medimg.predict_image import PredictError, predict_image
+from medimg.inference.predict import PredictError, predict_image
 from medimg.reporting.thesis import load_thesis_results
 
 IMAGE_SIZE = 8
@@ -246,18 +246,20 @@ def accuracy_by_hand(model_path: Path, x: np.ndarray, y: np.ndarray) -> tuple[fl
     return float((predicted == y).mean()), predicted
 
 
+@pytest.mark.slow
 def test_run_evaluate_binary(binary_setup: Setup, use_root):
     use_root(binary_setup.root)
-    check_evaluation(binary_setup, run_evaluate(binary_setup.params, RUN))
+    check_evaluation(binary_setup, run_evaluate(binary_setup.params.run_settings(RUN)))
     # A second evaluation replaces the reports without leaving old or partial folders.
-    check_evaluation(binary_setup, run_evaluate(binary_setup.params, RUN))
-    assert sorted(p.name for p in (binary_setup.root / "reports").iterdir()) == [RUN]
+    check_evaluation(binary_setup, run_evaluate(binary_setup.params.run_settings(RUN)))
+    assert sorted(p.name for p in (binary_setup.root / "reports" / "runs").iterdir()) == [RUN]
 
 
+@pytest.mark.slow
 def test_run_evaluate_multiclass_with_a_class_absent_from_test(tmp_path: Path, use_root):
     # The last class is absent from the test set: its test AUC is undefined (null).
     setup = build_setup(use_root(tmp_path), MULTICLASS, np.arange(10) % 2)
-    report = check_evaluation(setup, run_evaluate(setup.params, RUN))
+    report = check_evaluation(setup, run_evaluate(setup.params.run_settings(RUN)))
     absent = MULTICLASS[2]
     assert report["test"][f"roc_auc_{absent}"]["mean"] is None
     assert report["per_seed"]["seed-0"]["test"][f"roc_auc_{absent}"] is None
@@ -265,7 +267,7 @@ def test_run_evaluate_multiclass_with_a_class_absent_from_test(tmp_path: Path, u
     child = MlflowClient(setup.uri).get_run(setup.child_ids[0]).data.metrics
     assert f"test_roc_auc_{absent}" not in child
     assert f"val_roc_auc_{absent}" in child
-    reports = tmp_path / "reports" / RUN
+    reports = tmp_path / "reports" / "runs" / RUN
     assert set(pd.read_csv(reports / "roc_test.csv")["class"]) == {*MULTICLASS[:2], "micro"}
     details = json.loads((reports / "seed-0" / "metrics.json").read_text())
     assert any(absent in note for note in details["test"]["notes"])
@@ -274,8 +276,8 @@ def test_run_evaluate_multiclass_with_a_class_absent_from_test(tmp_path: Path, u
 def check_evaluation(setup: Setup, report: dict) -> dict:
     """Checks common to every task; returns details.json as read from disk."""
     at_root, classes = setup.root, setup.classes
-    reports = at_root / "reports" / RUN
-    assert not (at_root / "reports" / f"{RUN}.tmp").exists()
+    reports = at_root / "reports" / "runs" / RUN
+    assert not (at_root / "reports" / "runs" / f"{RUN}.tmp").exists()
     on_disk = json.loads((reports / "details.json").read_text())
     assert on_disk == report
     assert on_disk["best_seed"] == BEST_SEED
@@ -373,7 +375,7 @@ def test_dvc_metrics_show_fits_120_columns(tmp_path: Path) -> None:
         names.update(thesis.compared_runs(dataset))
     stage = {
         "cmd": "true",
-        "metrics": [{f"reports/{n}/metrics.json": {"cache": False}} for n in sorted(names)],
+        "metrics": [{f"reports/runs/{n}/metrics.json": {"cache": False}} for n in sorted(names)],
     }
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"evaluate": stage}}))
     statistic = {"mean": 0.987654, "std": 0.012345, "min": 0.9, "max": 1.0}
@@ -382,9 +384,9 @@ def test_dvc_metrics_show_fits_120_columns(tmp_path: Path) -> None:
         for split in ("val", "test")
     }
     for name in names:
-        (tmp_path / "reports" / name).mkdir(parents=True)
+        (tmp_path / "reports" / "runs" / name).mkdir(parents=True)
         headline = headline_metrics({**details, "n_seeds": 5})
-        (tmp_path / "reports" / name / "metrics.json").write_text(json.dumps(headline))
+        (tmp_path / "reports" / "runs" / name / "metrics.json").write_text(json.dumps(headline))
     dvc = [sys.executable, "-m", "dvc"]
     subprocess.run([*dvc, "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
     shown = subprocess.run(
@@ -405,7 +407,7 @@ def test_dvc_metrics_show_fits_120_columns(tmp_path: Path) -> None:
 def test_missing_summary_names_the_train_stage(tmp_path: Path, use_root):
     use_root(tmp_path)
     with pytest.raises(EvaluateError, match=f"dvc repro train@{RUN}"):
-        run_evaluate(make_params(["NORMAL", "PNEUMONIA"]), RUN)
+        run_evaluate(make_params(["NORMAL", "PNEUMONIA"]).run_settings(RUN))
 
 
 def copy_of(setup: Setup, root: Path) -> Path:
@@ -422,8 +424,8 @@ def test_predictions_of_other_data_are_refused(binary_setup: Setup, tmp_path: Pa
     images = np.load(test_x)
     np.save(test_x, 255 - images)
     with pytest.raises(EvaluateError, match=f"other val/test arrays.*dvc repro train@{RUN}"):
-        run_evaluate(binary_setup.params, RUN)
-    assert not (root / "reports" / RUN).exists()
+        run_evaluate(binary_setup.params.run_settings(RUN))
+    assert not (root / "reports" / "runs" / RUN).exists()
 
 
 @pytest.mark.parametrize("damage", ["missing", "not an archive", "lacks arrays"])
@@ -439,8 +441,8 @@ def test_missing_or_damaged_predictions_name_the_file(
     else:
         np.savez(path, proba_val=np.zeros((2, 2)))
     with pytest.raises(EvaluateError, match=rf"seed-0/{PREDICTIONS_FILE}.*train@{RUN}"):
-        run_evaluate(binary_setup.params, RUN)
-    assert not (root / "reports" / RUN).exists()
+        run_evaluate(binary_setup.params.run_settings(RUN))
+    assert not (root / "reports" / "runs" / RUN).exists()
 
 
 def test_a_summary_without_predictions_asks_for_a_new_training(
@@ -452,9 +454,10 @@ def test_a_summary_without_predictions_asks_for_a_new_training(
     del summary["seeds"][1]["predictions"]  # written by a train stage before predictions.npz
     summary_path.write_text(json.dumps(summary))
     with pytest.raises(EvaluateError, match=rf"lacks \['predictions'\].*train@{RUN}"):
-        run_evaluate(binary_setup.params, RUN)
+        run_evaluate(binary_setup.params.run_settings(RUN))
 
 
+@pytest.mark.slow
 def test_evaluate_imports_no_deep_learning_framework(binary_setup: Setup):
     """The point of saving predictions at training time: evaluate's start-up stays light."""
     code = (
@@ -467,6 +470,7 @@ def test_evaluate_imports_no_deep_learning_framework(binary_setup: Setup):
     assert loaded.strip() == "[]"
 
 
+@pytest.mark.slow
 def test_predict_image_processes_a_new_file_like_training_data(binary_setup: Setup, tmp_path):
     seed_dir = binary_setup.root / "models" / RUN / "seed-0"
     # A larger RGB file: predict_image must convert it to 8 x 8 greyscale as training did.

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from medimg import paths
-from medimg.config import DatasetConfig, FetchConfig, PrepareConfig, SplitConfig
+from medimg.config.datasets import DatasetConfig, FetchConfig, PrepareConfig, SplitConfig
 from medimg.data.fetch import MANIFEST_COLUMNS, FetchError, content_fingerprint, fetch_dataset
 
 XRAY_CLASSES = ["NORMAL", "PNEUMONIA"]

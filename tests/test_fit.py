@@ -12,8 +12,9 @@ import pytest
 from sklearn.metrics import roc_auc_score
 from sklearn.utils.class_weight import compute_class_weight
 
-from medimg.config import EarlyStoppingConfig, RunConfig, TrainAugmentConfig
+from medimg.config.runs import EarlyStoppingConfig, RunConfig, TrainAugmentConfig
 from medimg.data.prepared import load_prepared
+from medimg.inference.keras_model import load_model, predict_proba
 from medimg.training.checkpoints import ResumeState
 from medimg.training.fit import (
     ResumableEarlyStopping,
@@ -22,7 +23,6 @@ from medimg.training.fit import (
     compile_classifier,
     fit_one_seed,
 )
-from medimg.training.predict import load_model, predict_proba
 
 LOG_KEYS = {"loss", "accuracy", "auc", "val_loss", "val_accuracy", "val_auc"}
 # history.csv columns beside Keras's logs: the training phase and the learning rate
@@ -93,6 +93,7 @@ class KillAfterEpoch(keras.callbacks.Callback):
             raise KeyboardInterrupt("simulated kill")
 
 
+@pytest.mark.slow
 def test_checkpoint_is_the_best_epoch_by_monitor(binary_data, tmp_path):
     record = RecordWeights()
     run = xray_run(epochs=3, monitor="val_loss", learning_rate=0.01)
@@ -112,6 +113,7 @@ def test_checkpoint_is_the_best_epoch_by_monitor(binary_data, tmp_path):
     assert state["finished"] is True and state["epoch"] == 3
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_continues_at_the_next_epoch(binary_data, tmp_path):
     run = xray_run(epochs=4)
     work = tmp_path / "work"
@@ -142,6 +144,7 @@ def test_resume_after_interruption_continues_at_the_next_epoch(binary_data, tmp_
     assert again.resumed_from_epoch == 0 and again.epochs_run == 1
 
 
+@pytest.mark.slow
 def test_checkpoints_written_at_intervals_keep_the_best_epoch_and_resume(binary_data, tmp_path):
     """With epochs shorter than checkpoint_every_s the state is written after the first
     epoch and after the last; a best epoch in between waits in memory, and a kill in
@@ -170,6 +173,7 @@ def test_checkpoints_written_at_intervals_keep_the_best_epoch_and_resume(binary_
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_multiclass_fit_logs_auc_and_predicts_probabilities(tmp_path):
     classes = ["glioma_tumor", "meningioma_tumor", "no_tumor"]
     write_prepared(tmp_path / "mri", classes, n=12)

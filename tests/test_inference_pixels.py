@@ -14,7 +14,7 @@ from PIL import Image
 
 from inference_support import gradient_image, write_dicom
 from medimg.data.pixels import image_dimensions, is_dicom
-from medimg.data.prepare import PrepareError, load_image
+from medimg.data.preprocess import ImageLoadError, load_image
 
 W, H = 8, 6  # images keep their size (no resampling) so values can be checked exactly
 
@@ -175,12 +175,12 @@ def test_colour_dicom(tmp_path: Path):
 def test_multiframe_dicom_is_refused(tmp_path: Path):
     frames = np.zeros((3, W, W), np.uint16)
     path = write_dicom(tmp_path / "cine.dcm", frames)
-    with pytest.raises(PrepareError, match=r"cine\.dcm: multi-frame DICOM \(3 frames\)"):
+    with pytest.raises(ImageLoadError, match=r"cine\.dcm: multi-frame DICOM \(3 frames\)"):
         _load_grey(path)
 
 
 def test_a_dcm_that_is_not_dicom_is_named(tmp_path: Path):
     path = tmp_path / "fake.dcm"
     path.write_bytes(b"not a dicom file at all")
-    with pytest.raises(PrepareError, match=r"fake\.dcm: not a readable DICOM file"):
+    with pytest.raises(ImageLoadError, match=r"fake\.dcm: not a readable DICOM file"):
         _load_grey(path)

@@ -132,15 +132,15 @@ def test_training_and_evaluation_outputs(pipeline: dict) -> None:
         ]
         for seed in summary["seeds"]:
             assert (repo / "models" / run / seed["model"]).is_file()
-        details = json.loads((repo / "reports" / run / "details.json").read_text())
+        details = json.loads((repo / "reports" / "runs" / run / "details.json").read_text())
         for split in ("val", "test"):
             acc = details[split]["accuracy"]
             assert 0.0 <= acc["min"] <= acc["mean"] <= acc["max"] <= 1.0
-        headline = json.loads((repo / "reports" / run / "metrics.json").read_text())
+        headline = json.loads((repo / "reports" / "runs" / run / "metrics.json").read_text())
         assert headline["seeds"] == cfg["repeats"]
         assert headline["acc"] == round(details["test"]["accuracy"]["mean"], 4)
         for name in ("confusion_test.csv", "roc_test.csv", "pr_test.csv", "predictions_test.png"):
-            assert (repo / "reports" / run / name).stat().st_size > 0
+            assert (repo / "reports" / "runs" / run / name).stat().st_size > 0
 
 
 def test_mlflow_store_holds_parents_children_and_champion(pipeline: dict) -> None:
@@ -185,7 +185,7 @@ def test_dvc_metrics_show(pipeline: dict) -> None:
     rows = [line for line in shown.splitlines() if line.startswith("reports/")]
     # One row per run, each a line of at most 120 columns: a table, not one long line.
     assert sorted(row.split()[0] for row in rows) == sorted(
-        f"reports/{run}/metrics.json" for run in runs
+        f"reports/runs/{run}/metrics.json" for run in runs
     )
     assert all(len(row.rstrip()) <= 120 for row in rows), rows
 

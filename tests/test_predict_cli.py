@@ -17,8 +17,9 @@ import pytest
 from PIL import Image
 
 from inference_support import BINARY, build_model, gradient_image, save_model_folder, write_dicom
-from medimg.cli import PREDICT_PARTLY_FAILED, main
-from medimg.data.prepare import load_image
+from medimg.cli import main
+from medimg.commands.predict import PREDICT_PARTLY_FAILED
+from medimg.data.preprocess import load_image
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -14,7 +14,7 @@ from medimg.evaluation.predictions import (
     read_predictions,
     save_predictions,
 )
-from medimg.testing import write_tiny_prepared
+from tiny_data import write_tiny_prepared
 
 
 def prepared(root: Path):

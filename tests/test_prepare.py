@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from medimg.config import DatasetConfig, SplitConfig
-from medimg.data.prepare import PrepareError, load_image, prepare_dataset
+from medimg.config.datasets import DatasetConfig, SplitConfig
+from medimg.data.prepare import PrepareError, prepare_dataset
+from medimg.data.preprocess import ImageLoadError, load_image
 
 CLASSES = ["NORMAL", "PNEUMONIA"]
 SIZE = 16
@@ -184,7 +185,7 @@ def test_a_failure_leaves_the_previous_output_untouched(dataset, tmp_path) -> No
     before = {p.name: p.read_bytes() for p in (dest / PROTOCOL).iterdir()}
     broken = raw / "images" / "test" / "PNEUMONIA" / "img13.png"
     broken.write_bytes(b"not an image")
-    with pytest.raises(PrepareError, match=r"img13\.png"):
+    with pytest.raises(ImageLoadError, match=r"img13\.png"):
         _prepare(dataset, dest, copies=1)
     assert {p.name: p.read_bytes() for p in (dest / PROTOCOL).iterdir()} == before
     assert [p.name for p in dest.parent.iterdir()] == ["ds"]  # no temporary folder left
@@ -209,7 +210,7 @@ def test_missing_split_csv_says_which_stage_to_run(dataset, tmp_path) -> None:
 def test_missing_image_names_the_file(dataset, tmp_path) -> None:
     raw, _ = dataset
     (raw / "images" / "train" / "NORMAL" / "img1.png").unlink()
-    with pytest.raises(PrepareError, match=r"img1\.png"):
+    with pytest.raises(ImageLoadError, match=r"img1\.png"):
         _prepare(dataset, tmp_path / "prepared" / "ds")
 
 

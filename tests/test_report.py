@@ -22,11 +22,11 @@ from mlflow.entities import Metric, Param
 
 from medimg import tracking
 from medimg.cli import main
-from medimg.config import Params, parse_params
+from medimg.config.params import Params, parse_params
+from medimg.evaluation.statistics import summarize, t_critical
 from medimg.reporting import ReportError
 from medimg.reporting.collect import collect_configurations
 from medimg.reporting.report import build_report, write_report
-from medimg.reporting.statistics import summarize, t_critical
 from medimg.reporting.tables import thesis_table
 from medimg.reporting.thesis import THESIS_RESULTS_FILE, load_thesis_results
 

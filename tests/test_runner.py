@@ -20,10 +20,12 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from medimg.config import load_params
+from medimg.config.params import load_params
 from medimg.runner.bundle import BundleError, make_bundle
 from medimg.runner.importer import import_results
 from medimg.runner.results import ResultsError, RunnerManifest, SeedRecord, read_record
+
+pytestmark = pytest.mark.slow  # each test trains, or runs a server
 
 REPO = Path(__file__).resolve().parents[1]
 ABSENT_THERE = ("mlflow", "dvc", "tensorflow", "requests", "imagehash")

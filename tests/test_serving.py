@@ -34,6 +34,8 @@ from inference_support import (
 from medimg.cli import main
 from medimg.inference.pyfunc import KerasImageClassifier
 
+pytestmark = pytest.mark.slow  # each test trains, or runs a server
+
 REPO = Path(__file__).resolve().parents[1]
 NAME = "medimg-served"
 STARTUP_TIMEOUT_S = 180

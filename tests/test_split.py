@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from medimg.config import DatasetConfig, SplitConfig
+from medimg.config.datasets import DatasetConfig, SplitConfig
 from medimg.data.split import (
     MANIFEST_COLUMNS,
     SplitError,

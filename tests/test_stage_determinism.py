@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from medimg import paths
-from medimg.config import DatasetConfig, load_params
+from medimg.config.datasets import DatasetConfig
+from medimg.config.params import load_params
 from medimg.data.fetch import fetch_dataset
 from medimg.data.prepare import prepare_dataset
 from medimg.data.split import split_dataset

@@ -223,6 +223,7 @@ def _logged_model(experiment_id: str, run_name: str) -> tuple[str, str]:
     return model_id, run.info.run_id
 
 
+@pytest.mark.slow
 def test_champion_alias_follows_the_best_validation_auc(
     store: MlflowClient, experiment_id: str
 ) -> None:

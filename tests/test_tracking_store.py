@@ -159,7 +159,7 @@ def test_train_stage_refuses_a_read_only_artifact_folder_before_any_epoch(
     artifacts.mkdir(parents=True)
     make_read_only(artifacts)
     with pytest.raises(tracking.TrackingError, match=f"the folder {artifacts} is not writable"):
-        run_train(_params(), "tiny")
+        run_train(_params().run_settings("tiny"))
     assert not (tmp_path / "models").exists()
     assert not paths.work_dir("tiny").exists()
 
@@ -189,7 +189,7 @@ def test_train_stage_with_postgresql_down_fails_before_any_output(
     _write_prepared(tmp_path)
     started = time.monotonic()
     with pytest.raises(tracking.TrackingError) as raised:
-        run_train(_params(), "tiny")
+        run_train(_params().run_settings("tiny"))
     assert time.monotonic() - started < 10
     assert str(raised.value).startswith(f"MLflow store {uri.replace('s3cret', '***')}: ")
     assert not (tmp_path / "models").exists()

@@ -14,11 +14,11 @@ import pytest
 from mlflow import MlflowClient
 
 from medimg import paths, tracking
-from medimg.config import Params, parse_params
+from medimg.config.params import Params, parse_params
 from medimg.data.prepared import load_prepared
 from medimg.evaluation.predictions import PREDICTIONS_FILE, data_fingerprint, read_predictions
-from medimg.testing import tiny_datasets, write_tiny_prepared
 from medimg.training.train_stage import run_train
+from tiny_data import tiny_datasets, write_tiny_prepared
 
 CLASSES = ["NORMAL", "PNEUMONIA"]
 SIZE = 32
@@ -67,11 +67,12 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, dict]
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         _write_prepared(root)
         params = _params()
-        first = run_train(params, "tiny")
-        second = run_train(params, "tiny_lr")
+        first = run_train(params.run_settings("tiny"))
+        second = run_train(params.run_settings("tiny_lr"))
     return root, first, second
 
 
+@pytest.mark.slow
 def test_summary_and_model_folder_follow_the_contract(trained: tuple[Path, dict, dict]) -> None:
     root, summary, _ = trained
     folder = root / "models" / "tiny"
@@ -198,18 +199,19 @@ def test_unreachable_tracking_server_fails_before_any_output(
         uri = f"http://127.0.0.1:{sock.getsockname()[1]}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     with pytest.raises(tracking.TrackingError, match=uri):
-        run_train(_params(), "tiny")
+        run_train(_params().run_settings("tiny"))
     assert not (root / "models").exists()
     assert not paths.work_dir("tiny").exists()
 
 
 def test_missing_prepared_data_names_the_augment_stage(root: Path) -> None:
     with pytest.raises(FileNotFoundError, match="dvc repro augment@chest_xray"):
-        run_train(_params(), "tiny")
+        run_train(_params().run_settings("tiny"))
     assert not (root / "models").exists()
     assert not (root / "mlruns").exists()
 
 
+@pytest.mark.slow
 def test_interrupted_stage_resumes_finished_seeds_and_the_same_runs(
     root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -228,7 +230,7 @@ def test_interrupted_stage_resumes_finished_seeds_and_the_same_runs(
 
     monkeypatch.setattr(train_stage, "fit_one_seed", fit_that_is_killed_at_seed_1)
     with pytest.raises(KeyboardInterrupt):
-        run_train(_params(), "tiny")
+        run_train(_params().run_settings("tiny"))
     work = root / ".medimg-work" / "tiny"
     assert not (root / "models" / "tiny").exists()
     parent_id = (work / "parent.mlflow_run_id").read_text()
@@ -236,7 +238,7 @@ def test_interrupted_stage_resumes_finished_seeds_and_the_same_runs(
 
     # A state saved by a medimg that did not yet save predictions: they are made on resume.
     (work / f"seed-0.{PREDICTIONS_FILE}").unlink()
-    summary = run_train(_params(), "tiny")
+    summary = run_train(_params().run_settings("tiny"))
     assert fitted == [0, -1, 1]  # seed 0 was not trained again
     check_predictions_of_the_kept_model(root, root / "models" / "tiny", summary["seeds"][0])
     assert summary["parent_run_id"] == parent_id

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medimg.config import TrainAugmentConfig
+from medimg.config.runs import TrainAugmentConfig
 from medimg.data.prepared import PreparedDataError, load_prepared
 from medimg.training.data import ArrayBatches, loader_augmentation
 

@@ -22,6 +22,8 @@ from medimg import tracking, tracking_callbacks
 from medimg.training.checkpoints import ResumeState, ResumeStateError
 from medimg.training.run_lock import RunLockedError, exclusive_run
 
+pytestmark = pytest.mark.slow  # each test trains, or runs a server
+
 EPOCHS = 40
 TRAINER = textwrap.dedent(
     f"""
@@ -102,7 +104,7 @@ def test_sigkill_at_any_instant_then_resume_trains_every_epoch_once(
 def test_a_damaged_latest_state_falls_back_to_the_epoch_before(
     prepared: Path, tmp_path: Path
 ) -> None:
-    from medimg.config import RunConfig
+    from medimg.config.runs import RunConfig
     from medimg.data.prepared import load_prepared
     from medimg.training.fit import fit_one_seed
 
@@ -244,12 +246,12 @@ def test_logging_that_failed_after_training_is_redone_without_training_again(
     monkeypatch.setattr(train_stage, "fit_one_seed", counting_fit)
     monkeypatch.setattr(train_stage, "log_classifier_model", failing_log)
     with pytest.raises(OSError, match="read-only"):
-        train_stage.run_train(_params(), "tiny")
+        train_stage.run_train(_params().run_settings("tiny"))
     while mlflow.active_run():
         mlflow.end_run()
     assert fits == [0]
     monkeypatch.setattr(train_stage, "log_classifier_model", real_log)
-    summary = train_stage.run_train(_params(), "tiny")
+    summary = train_stage.run_train(_params().run_settings("tiny"))
     assert fits == [0, 1]  # seed 0 was logged again, not trained again
     client = MlflowClient(summary["tracking_uri"])
     child = client.get_run(summary["seeds"][0]["child_run_id"])

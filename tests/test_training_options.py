@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medimg.config import LearningRateScheduleConfig, RunConfig
+from medimg.config.runs import LearningRateScheduleConfig, RunConfig
 from medimg.data.intensity import normalize_image, random_intensity
 from medimg.data.prepared import load_prepared
 from medimg.evaluation.metrics import classification_metrics, youden_threshold
@@ -38,6 +38,7 @@ def _run(**overrides) -> RunConfig:
 # ------------------------------------------------------------------ schedules
 
 
+@pytest.mark.slow
 def test_cosine_schedule_decays_over_the_phase_to_min_lr(tmp_path):
     write_prepared(tmp_path / "chest_xray", ["NORMAL", "PNEUMONIA"], n=16, size=16)
     data = load_prepared(tmp_path / "chest_xray")
@@ -77,6 +78,7 @@ def test_label_smoothing_matches_hand_arithmetic():
     assert float(keras.ops.convert_to_numpy(plain)[0]) == pytest.approx(-math.log(0.5), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_label_smoothing_trains_both_binary_and_multiclass(tmp_path):
     for classes in (["NORMAL", "PNEUMONIA"], ["a", "b", "c"]):
         folder = tmp_path / f"d{len(classes)}"
@@ -118,11 +120,9 @@ def test_brightness_alone_shifts_every_pixel_of_an_image_by_one_amount():
         assert len(np.unique(image)) == 1 and abs(int(image[0, 0, 0]) - 100) <= 26
 
 
-def test_autocontrast_and_equalize_use_the_full_range():
+def test_equalize_uses_the_full_range():
     ramp = np.tile(np.linspace(80, 160, 64).astype(np.uint8), (64, 1))
     image = Image.fromarray(ramp, "L")
-    stretched = np.asarray(normalize_image(image, "autocontrast"))
-    assert stretched.min() == 0 and stretched.max() == 255
     equalized = np.asarray(normalize_image(image, "equalize"))
     assert equalized.max() == 255 and equalized.min() < 10
     assert normalize_image(image, "none") is image
@@ -184,17 +184,17 @@ def test_ensemble_averages_the_members_probabilities():
 
 
 def test_load_image_normalises_as_configured(tmp_path):
-    from medimg.data.prepare import load_image
+    from medimg.data.preprocess import load_image
 
     ramp = np.tile(np.linspace(80, 160, 32).astype(np.uint8), (32, 1))
     Image.fromarray(ramp, "L").save(tmp_path / "dim.png")
     plain = load_image(tmp_path / "dim.png", 1, 32, "stretch")
-    stretched = load_image(tmp_path / "dim.png", 1, 32, "stretch", "autocontrast")
-    assert plain.max() <= 160 and stretched.max() == 255 and stretched.min() == 0
+    stretched = load_image(tmp_path / "dim.png", 1, 32, "stretch", "equalize")
+    assert plain.max() <= 160 and stretched.max() == 255 and stretched.min() < 10
 
 
 def test_the_loader_applies_intensity_augmentation_without_geometry():
-    from medimg.config import TrainAugmentConfig
+    from medimg.config.runs import TrainAugmentConfig
     from medimg.training.data import loader_augmentation
 
     assert loader_augmentation(TrainAugmentConfig(rotation_deg=5), geometric=False) is None
@@ -207,7 +207,7 @@ def test_the_loader_applies_intensity_augmentation_without_geometry():
 
 
 def test_content_crop_removes_a_black_border(tmp_path):
-    from medimg.data.prepare import load_image
+    from medimg.data.preprocess import load_image
 
     framed = np.zeros((40, 40), dtype=np.uint8)
     framed[10:30, 5:35] = np.tile(np.linspace(60, 200, 30).astype(np.uint8), (20, 1))
@@ -260,7 +260,7 @@ def test_random_frames_refuses_out_of_range_settings():
 
 
 def test_the_loader_applies_frames_and_params_validate_them():
-    from medimg.config import TrainAugmentConfig
+    from medimg.config.runs import TrainAugmentConfig
     from medimg.training.data import loader_augmentation
 
     augment = loader_augmentation(

@@ -21,9 +21,10 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 from medimg import tracking
-from medimg.config import ParamsError, parse_params, run_with_values
+from medimg.config.base import ParamsError
+from medimg.config.params import parse_params
+from medimg.config.studies import run_with_values
 from medimg.data.prepared import load_prepared
-from medimg.testing import tiny_datasets, write_tiny_prepared
 from medimg.tuning.storage import (
     HEARTBEAT_INTERVAL_S,
     STORAGE_ENV,
@@ -34,6 +35,9 @@ from medimg.tuning.storage import (
 )
 from medimg.tuning.study import storage_study_name, study_definition
 from medimg.tuning.tune_stage import reports_dir, run_tune
+from tiny_data import tiny_datasets, write_tiny_prepared
+
+pytestmark = pytest.mark.slow  # each test trains, or runs a server
 
 SIZE = 32
 STUDY = "tiny_lr"
@@ -113,7 +117,7 @@ def test_study_tracks_trials_writes_best_params_and_resumes(root: Path) -> None:
     raw = _raw()
     params = parse_params(raw)
 
-    first = run_tune(params, STUDY)
+    first = run_tune(params.study_settings(STUDY))
 
     study = _load_study(root, raw)
     assert [t.number for t in study.trials] == [0, 1]
@@ -166,7 +170,7 @@ def test_study_tracks_trials_writes_best_params_and_resumes(root: Path) -> None:
 
     # A second call with a larger target adds a trial to the same study and parent.
     started = [t.datetime_start for t in study.trials]
-    second = run_tune(params, STUDY, n_trials=3)
+    second = run_tune(params.study_settings(STUDY), n_trials=3)
     study = _load_study(root, raw)
     assert [t.number for t in study.trials] == [0, 1, 2]
     assert [t.datetime_start for t in study.trials[:2]] == started
@@ -194,7 +198,7 @@ def test_pruned_trial_is_pruned_in_optuna_and_mlflow(root: Path) -> None:
     study.enqueue_trial({"learning_rate": 0.01})
     study.enqueue_trial({"learning_rate": 1.0e-7})
 
-    run_tune(parse_params(raw), STUDY, n_trials=2)
+    run_tune(parse_params(raw).study_settings(STUDY), n_trials=2)
 
     study = _load_study(root, raw)
     first, second = study.trials
@@ -300,7 +304,7 @@ def test_killed_worker_trial_is_failed_and_retried(root: Path) -> None:
     killed = _load_study(root, raw).trials[0]
     assert killed.state == TrialState.RUNNING
 
-    summary = run_tune(parse_params(raw), STUDY)
+    summary = run_tune(parse_params(raw).study_settings(STUDY))
 
     study = _load_study(root, raw)
     states = {t.number: t.state for t in study.trials}
@@ -319,7 +323,7 @@ def test_killed_worker_trial_is_failed_and_retried(root: Path) -> None:
 def test_unusable_storage_fails_before_any_trial(root: Path) -> None:
     missing = root / "no-such-folder" / "journal.log"
     with pytest.raises(TuneStorageError, match=f"Optuna storage {missing}: the folder"):
-        run_tune(parse_params(_raw()), STUDY, storage=str(missing))
+        run_tune(parse_params(_raw()).study_settings(STUDY), storage=str(missing))
     assert not (root / "mlruns" / "mlflow.db").exists()
 
 
@@ -329,7 +333,7 @@ def test_study_in_the_team_postgresql_storage(
 ) -> None:
     monkeypatch.setenv(STORAGE_ENV, cluster_stack.optuna_storage)
 
-    summary = run_tune(parse_params(_raw({"n_trials": 1})), STUDY)
+    summary = run_tune(parse_params(_raw({"n_trials": 1})).study_settings(STUDY))
 
     storage = open_storage(cluster_stack.optuna_storage)
     assert isinstance(storage, RDBStorage)  # with the heartbeat that re-queues dead workers'

@@ -77,17 +77,22 @@ def building(dest: Path) -> Iterator[Path]:
         raise
 
 
-def write_file(path: Path, data: str | bytes, durable: bool = False) -> None:
+def write_file(
+    path: Path, data: str | bytes, durable: bool = False, mode: int | None = None
+) -> None:
     """Write `data` to `path` whole or not at all: a hidden sibling file, then a rename.
 
     durable: also fsync the file before the rename and the folder after it, so that
     a power cut cannot leave an empty file under the new name (training state).
+    mode: the file's permissions, set before anything is written (a secret's 0o600).
     """
     path = Path(path)
     # Not tempfile.mkstemp: its 0600 permissions would become the output file's.
     partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.partial")
     try:
         with partial.open("xb" if isinstance(data, bytes) else "x") as file:
+            if mode is not None:
+                os.chmod(partial, mode)
             file.write(data)
             if durable:
                 file.flush()

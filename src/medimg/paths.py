@@ -53,9 +53,14 @@ def work_dir(run: str) -> Path:
     return root() / ".medimg-work" / run
 
 
+def reports_root() -> Path:
+    """Everything a reader compares: runs/, tune/, and the report beside them."""
+    return root() / "reports"
+
+
 def reports_dir(run: str) -> Path:
-    """evaluate output: metrics.json, plot data (.csv/.json) and figures (.png)."""
-    return root() / "reports" / run
+    """evaluate output: metrics.json, details.json, plot data (.csv), figures (.png), seeds/."""
+    return reports_root() / "runs" / run
 
 
 def mlruns_dir() -> Path:

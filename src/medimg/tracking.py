@@ -31,7 +31,8 @@ from mlflow.environment_variables import MLFLOW_RUN_ID
 from mlflow.exceptions import MlflowException
 
 import medimg
-from medimg import paths
+from medimg import atomic, paths
+from medimg.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ MAX_PARAM_VALUE_LENGTH = 500
 VAL_AUC_TAG = "medimg.best_val_auc"
 
 
-class TrackingError(RuntimeError):
+class TrackingError(UserError, RuntimeError):
     """The MLflow store cannot be used (unreachable, unwritable, deleted experiment)."""
 
 
@@ -61,6 +62,20 @@ def _sqlite_path(uri: str) -> Path | None:
     """The database file of a sqlite:/// URI (None for an in-memory database)."""
     path = uri.removeprefix("sqlite:///")
     return None if path in ("", ":memory:") else Path(path)
+
+
+def require_existing_store(uri: str, hint: str) -> None:
+    """A TrackingError when `uri` is a sqlite store whose database file does not exist.
+
+    For readers of runs (the report, model sources): opening a missing sqlite store
+    would create an empty database and find nothing, hiding a wrong store. `hint` says
+    what to do instead.
+    """
+    if urlparse(uri).scheme != "sqlite":
+        return
+    database = _sqlite_path(uri)
+    if database is not None and not database.is_file():
+        raise TrackingError(f"MLflow store {uri}: no database at {database}; {hint}")
 
 
 def masked_uri(uri: str) -> str:
@@ -305,7 +320,7 @@ def keras_backend() -> str:
 def _device_name() -> str:
     # Keras (and TensorFlow or JAX) are imported only here: the report and other
     # commands that read the store do not pay seconds for them.
-    from medimg.training.device import device_name
+    from medimg.device import device_name
 
     return device_name()
 
@@ -425,9 +440,7 @@ def resumable_run(
             experiment_id=experiment_id, run_name=run_name, tags=dict(tags), nested=nested
         )
         id_file.parent.mkdir(parents=True, exist_ok=True)
-        partial = id_file.with_name(id_file.name + ".tmp")
-        partial.write_text(run.info.run_id)
-        partial.replace(id_file)
+        atomic.write_file(id_file, run.info.run_id)
     try:
         yield run
     except TrackingError:

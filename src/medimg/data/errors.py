@@ -6,6 +6,8 @@ raise it and fetch.py imports the others.
 
 from __future__ import annotations
 
+from medimg.errors import UserError
 
-class FetchError(RuntimeError):
+
+class FetchError(UserError, RuntimeError):
     """A dataset could not be fetched; the message names the file, URL or value at fault."""

@@ -34,7 +34,7 @@ from urllib.request import url2pathname
 from tqdm import tqdm
 
 from medimg import atomic, paths
-from medimg.config import DatasetConfig, FetchConfig
+from medimg.config.datasets import DatasetConfig, FetchConfig
 from medimg.data.archive import ZipArchive
 from medimg.data.download import cached_download, sha256_file
 from medimg.data.errors import FetchError

@@ -6,9 +6,9 @@ each a params switch, measured in docs/research.md:
 
 - `normalize` (the augment stage, and predict through preprocessing.json): every
   image is mapped to a standard grey-level range before it is stored, so the
-  model never sees the original rendering. "autocontrast" stretches the 1st-99th
-  percentile of the image to 0-255 (Pillow's ImageOps.autocontrast); "equalize"
-  flattens its histogram (Pillow's ImageOps.equalize).
+  model never sees the original rendering: "equalize" flattens its histogram
+  (Pillow's ImageOps.equalize). (A percentile stretch, "autocontrast", was offered
+  too and never measured; it was removed rather than kept as an untried knob.)
 - random brightness, contrast and gamma (the training loader, numpy): every
   training image is shown under many renderings, so none of them is a cue.
 
@@ -22,30 +22,23 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageOps
 
-Normalization = Literal["none", "autocontrast", "equalize"]
+Normalization = Literal["none", "equalize"]
 Crop = Literal["none", "content"]
 # Grey level at or below which a pixel counts as background for crop "content": the
 # black film border and padding of X-ray exports, not dark anatomy (lungs are >= ~30).
 CONTENT_THRESHOLD = 20
-NORMALIZATIONS: tuple[str, ...] = ("none", "autocontrast", "equalize")
-# Share of the darkest and brightest pixels autocontrast ignores: a few burnt-in labels
-# or a black border must not decide the stretch.
-AUTOCONTRAST_CUTOFF_PERCENT = 1.0
+NORMALIZATIONS: tuple[str, ...] = ("none", "equalize")
 
 
 def normalize_image(image: Image.Image, method: Normalization) -> Image.Image:
     """`image` (mode "L" or "RGB") with its grey levels normalised by `method`.
 
-    RGB images are normalised on their luminance and keep their hue (Pillow's
-    ImageOps apply one lookup table per channel computed from the luminance
-    histogram with `preserve_tone`).
+    RGB images are equalised on their luminance and keep their hue.
     """
     if method == "none":
         return image
     if image.mode not in ("L", "RGB"):
         raise ValueError(f"normalize_image wants an 'L' or 'RGB' image, got mode {image.mode!r}")
-    if method == "autocontrast":
-        return ImageOps.autocontrast(image, cutoff=AUTOCONTRAST_CUTOFF_PERCENT, preserve_tone=True)
     if method == "equalize":
         return _equalize_luminance(image)
     raise ValueError(f"unknown normalisation {method!r}; allowed: {NORMALIZATIONS}")

@@ -16,11 +16,12 @@ from typing import Any
 import numpy as np
 
 from medimg.data.manifest import SPLITS
+from medimg.errors import UserError
 
 REQUIRED_META_KEYS = ("dataset", "classes", "channels", "image_size")
 
 
-class PreparedDataError(ValueError):
+class PreparedDataError(UserError, ValueError):
     """A file of the augment stage's output does not match its contract."""
 
 

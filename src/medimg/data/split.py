@@ -35,9 +35,10 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from medimg import atomic, paths
-from medimg.config import DatasetConfig, SplitConfig, SplitProtocol
+from medimg.config.datasets import DatasetConfig, SplitConfig, SplitProtocol
 from medimg.data.duplicates import leak_groups
 from medimg.data.manifest import MANIFEST_COLUMNS, SPLITS
+from medimg.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ LAYOUTS = ("chest_xray", "mri")
 REPORT_FILE = "split_report.json"
 
 
-class SplitError(ValueError):
+class SplitError(UserError, ValueError):
     """The manifest cannot be split as configured, or the split would leak."""
 
 

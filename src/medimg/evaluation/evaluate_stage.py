@@ -1,10 +1,10 @@
-"""The evaluate stage: every seed of a trained configuration on val and test, into reports/<run>/.
+"""The evaluate stage: every seed of a trained configuration on val and test: reports/runs/<run>/.
 
 Reads models/<run>/ (summary.json, seed-<k>/predictions.npz, history.csv,
 preprocessing.json) and data/prepared/<dataset>/. The probabilities were
 predicted by the train stage with the model it kept, and carry a fingerprint of
 the val/test arrays, so evaluate loads no model and imports no Keras, and
-refuses predictions made on other data. Writes reports/<run>/:
+refuses predictions made on other data. Writes reports/runs/<run>/:
 
     metrics.json          DVC metrics, the headline numbers only (HEADLINE_METRICS: short
                           keys so that `dvc metrics show` stays a table at 120 columns):
@@ -18,14 +18,14 @@ refuses predictions made on other data. Writes reports/<run>/:
     pr_test.csv           recall,precision[,class] (best seed, test)
     *.png                 confusion_test, roc_test, pr_test, predictions_test (best seed),
                           training_curves (all seeds)
-    seed-<k>/             per seed: metrics.json (everything, with confusion matrices and
+    seeds/seed-<k>/       per seed: metrics.json (everything, with confusion matrices and
                           the notes on undefined values) and the four test PNGs
 
 The best seed is the train stage's (summary.json "best_seed", chosen on validation
 data only), so the test set never picks the model it reports.
 
 MLflow: each child run (one per seed, made by the train stage) gets val_<metric> and
-test_<metric> metrics and its seed-<k>/ files under evaluation/; the parent run gets
+test_<metric> metrics and its seeds/seed-<k>/ files under evaluation/; the parent run gets
 <split>_<metric>_{mean,std,min,max} and the top-level files. No run is created here.
 """
 
@@ -45,11 +45,11 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
 from medimg import atomic, paths, tracking
-from medimg.config import Params, RunConfig
+from medimg.config.runs import RunConfig, RunSettings
 from medimg.data.prepared import PreparedData, load_prepared
+from medimg.errors import UserError
 from medimg.evaluation import figures
 from medimg.evaluation.metrics import (
-    STD_DDOF,
     aggregate,
     pr_points,
     roc_points,
@@ -62,6 +62,7 @@ from medimg.evaluation.predictions import (
     read_predictions,
 )
 from medimg.evaluation.seed_evaluation import ensemble, evaluate_predictions
+from medimg.evaluation.statistics import STD_DDOF
 
 SUMMARY_FILE = "summary.json"
 # What each summary.json "seeds" entry must give: the seed's predictions, not its
@@ -90,7 +91,7 @@ TEST_FIGURES = ("confusion_test.png", "roc_test.png", "pr_test.png", "prediction
 MLFLOW_BATCH_LIMIT = 1000
 
 
-class EvaluateError(RuntimeError):
+class EvaluateError(UserError, RuntimeError):
     """The evaluate stage cannot run: missing or inconsistent training outputs."""
 
 
@@ -315,13 +316,12 @@ def _log_metrics(client: MlflowClient, run_id: str, values: dict[str, float]) ->
         client.log_batch(run_id, metrics=metrics[start : start + MLFLOW_BATCH_LIMIT])
 
 
-def run_evaluate(params: Params, run_name: str) -> dict[str, Any]:
-    """Evaluate every seed of `params.runs[run_name]`; write reports/<run_name>/; log to MLflow.
+def run_evaluate(settings: RunSettings) -> dict[str, Any]:
+    """Evaluate every seed of run `settings.name`; write reports/<run>/; log to MLflow.
 
     Returns the content of details.json (NaN as None); metrics.json holds its headline.
     """
-    run = params.run(run_name)
-    dataset = params.dataset(run.dataset)
+    run_name, run, dataset = settings.name, settings.run, settings.dataset
     summary = _read_summary(run_name)
     data = load_prepared(paths.prepared_dir(run.dataset, run.split_protocol))
     if data.classes != dataset.classes:
@@ -338,7 +338,7 @@ def run_evaluate(params: Params, run_name: str) -> dict[str, Any]:
     _check_runs_exist(client, summary, uri)
 
     with atomic.building(paths.reports_dir(run_name)) as staging:
-        report = _evaluate_into(staging, client, params, run_name, summary, data)
+        report = _evaluate_into(staging, client, settings, summary, data)
     return report
 
 
@@ -372,22 +372,27 @@ def _details(
     }
 
 
+def _seed_dir(reports: Path, seed: int) -> Path:
+    """One seed's files: under seeds/, so that everything the stage writes is a DVC output
+    (seeds/ is one; the report stage depends on the whole reports/runs/ folder)."""
+    return reports / "seeds" / f"seed-{seed}"
+
+
 def _evaluate_into(
     staging: Path,
     client: MlflowClient,
-    params: Params,
-    run_name: str,
+    settings: RunSettings,
     summary: dict[str, Any],
     data: PreparedData,
 ) -> dict[str, Any]:
     """Evaluate every seed into `staging` and log to MLflow; return details.json's content."""
-    run = params.run(run_name)
+    run_name, run = settings.name, settings.run
     per_seed: dict[int, dict[str, Any]] = {}
     fingerprint = data_fingerprint(data)  # once: every seed was predicted on the same arrays
     for entry in summary["seeds"]:
         seed = entry["seed"]
         per_seed[seed] = _evaluate_seed(
-            run_name, run, entry, data, fingerprint, staging / f"seed-{seed}"
+            run_name, run, entry, data, fingerprint, _seed_dir(staging, seed)
         )
     combined = ensemble([result["predictions"] for result in per_seed.values()])
     ensemble_metrics = evaluate_predictions(combined, data.classes, run.decision_threshold)
@@ -397,8 +402,8 @@ def _evaluate_into(
     _write_plot_data(staging, best.y["test"], best.proba["test"], data.classes)
     # The best seed's figures were drawn with its evaluation; they are copied, not redrawn.
     for name in TEST_FIGURES:
-        if (staging / f"seed-{best_seed}" / name).is_file():
-            shutil.copy2(staging / f"seed-{best_seed}" / name, staging / name)
+        if (_seed_dir(staging, best_seed) / name).is_file():
+            shutil.copy2(_seed_dir(staging, best_seed) / name, staging / name)
     histories = {seed: _read_history(run_name, seed) for seed in per_seed}
     figures.save_training_curves(histories, staging / "training_curves.png")
 
@@ -430,7 +435,7 @@ def _log_evaluation(
                 for name, value in scalar_metrics(metrics[split]).items()
             },
         )
-        client.log_artifacts(run_id, str(staging / f"seed-{seed}"), ARTIFACT_DIR)
+        client.log_artifacts(run_id, str(_seed_dir(staging, seed)), ARTIFACT_DIR)
     parent = {
         f"{split}_{name}_{stat}": values[stat]
         for split in EVALUATED_SPLITS

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -34,16 +35,14 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from medimg.evaluation.statistics import summarize
+
 # Rows of float32 softmax/sigmoid outputs sum to 1 only to about 1e-7; a larger
 # gap means the input is not probabilities at all.
 PROBA_SUM_TOLERANCE = 1e-3
 
 # Per-class metrics that `scalar_metrics` flattens to "<metric>_<class>".
 PER_CLASS_SCALARS = ("precision", "recall", "specificity", "f1", "roc_auc", "pr_auc")
-
-# Sample std (ddof=1): the seeds are a sample of possible trainings, and the
-# spread of that population is what "mean ± std over 5 trainings" reports.
-STD_DDOF = 1
 
 
 def validate_predictions(
@@ -285,16 +284,17 @@ def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def aggregate(per_seed: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Mean, std (ddof=1, see STD_DDOF), min and max of each scalar metric over seeds.
+    """The statistics of each scalar metric over seeds (medimg.evaluation.statistics).
 
     Args:
         per_seed: one `classification_metrics` (or `scalar_metrics`) dict per seed;
             all must have the same scalar metric names.
 
     Returns:
-        {metric: {"mean", "std", "min", "max", "n_seeds"}}. A NaN in any seed makes
-        that metric's statistics NaN (an undefined AUC comes from the data, so every
-        seed has it); std is NaN for a single seed (no spread can be measured).
+        {metric: {"mean", "std", "min", "max", "ci_low", "ci_high", "n_seeds"}}. A NaN
+        in any seed makes that metric's statistics NaN (an undefined AUC comes from the
+        data, so every seed has it); std and the interval are NaN for a single seed (no
+        spread can be measured).
     """
     if not per_seed:
         raise ValueError("aggregate needs the metrics of at least one seed, got an empty list")
@@ -304,20 +304,18 @@ def aggregate(per_seed: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
         if set(flat) != set(names):
             differing = sorted(set(flat) ^ set(names))
             raise ValueError(f"seed {index} has different metric names than seed 0: {differing}")
-    summary: dict[str, dict[str, float]] = {}
-    for name in names:
-        values = np.array([flat[name] for flat in flats], dtype=np.float64)
-        has_nan = bool(np.isnan(values).any())
-        summary[name] = {
-            "mean": math.nan if has_nan else float(values.mean()),
-            "std": (
-                math.nan if has_nan or len(values) <= STD_DDOF else float(values.std(ddof=STD_DDOF))
-            ),
-            "min": math.nan if has_nan else float(values.min()),
-            "max": math.nan if has_nan else float(values.max()),
-            "n_seeds": len(values),
-        }
-    return summary
+    return {name: _statistics([flat[name] for flat in flats]) for name in names}
+
+
+def _statistics(values: list[float]) -> dict[str, float]:
+    fields = ("mean", "std", "min", "max", "ci_low", "ci_high")
+    if any(math.isnan(value) for value in values):
+        return {**dict.fromkeys(fields, math.nan), "n_seeds": len(values)}
+    summary = summarize(values)
+    return {
+        **{f: math.nan if getattr(summary, f) is None else getattr(summary, f) for f in fields},
+        "n_seeds": summary.n,
+    }
 
 
 def _curve_classes(
@@ -346,30 +344,42 @@ def _require_both_outcomes(is_positive: np.ndarray, what: str) -> None:
         raise ValueError(f"{what} is undefined: y_true holds a single class")
 
 
+def _curve_frame(
+    y_true: np.ndarray,
+    proba: np.ndarray,
+    class_names: list[str],
+    what: str,
+    points: Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]],
+) -> pd.DataFrame:
+    """One curve per class of `_curve_classes`, `points(is_positive, score)` its columns."""
+    frames = []
+    for label, is_positive, score in _curve_classes(y_true, proba, class_names):
+        _require_both_outcomes(is_positive, what)
+        frame = pd.DataFrame(points(is_positive, score))
+        if label is not None:
+            frame["class"] = label
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def _roc(is_positive: np.ndarray, score: np.ndarray) -> dict[str, np.ndarray]:
+    fpr, tpr, _ = roc_curve(is_positive, score)
+    return {"fpr": fpr, "tpr": tpr}
+
+
+def _precision_recall(is_positive: np.ndarray, score: np.ndarray) -> dict[str, np.ndarray]:
+    precision, recall, _ = precision_recall_curve(is_positive, score)
+    return {"recall": recall, "precision": precision}
+
+
 def roc_points(y_true: np.ndarray, proba: np.ndarray, class_names: list[str]) -> pd.DataFrame:
     """ROC curve points: columns fpr, tpr (binary) or fpr, tpr, class (multiclass).
 
     Multiclass adds one curve per class present in y_true and a "micro" curve.
     """
-    frames = []
-    for label, is_positive, score in _curve_classes(y_true, proba, class_names):
-        _require_both_outcomes(is_positive, "the ROC curve")
-        fpr, tpr, _ = roc_curve(is_positive, score)
-        frame = pd.DataFrame({"fpr": fpr, "tpr": tpr})
-        if label is not None:
-            frame["class"] = label
-        frames.append(frame)
-    return pd.concat(frames, ignore_index=True)
+    return _curve_frame(y_true, proba, class_names, "the ROC curve", _roc)
 
 
 def pr_points(y_true: np.ndarray, proba: np.ndarray, class_names: list[str]) -> pd.DataFrame:
     """Precision-recall curve points: columns recall, precision[, class], as `roc_points`."""
-    frames = []
-    for label, is_positive, score in _curve_classes(y_true, proba, class_names):
-        _require_both_outcomes(is_positive, "the precision-recall curve")
-        precision, recall, _ = precision_recall_curve(is_positive, score)
-        frame = pd.DataFrame({"recall": recall, "precision": precision})
-        if label is not None:
-            frame["class"] = label
-        frames.append(frame)
-    return pd.concat(frames, ignore_index=True)
+    return _curve_frame(y_true, proba, class_names, "the precision-recall curve", _precision_recall)

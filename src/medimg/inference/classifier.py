@@ -1,7 +1,7 @@
 """A trained model loaded once, classifying image files in batches with its own preprocessing.
 
 A model folder holds model.keras and preprocessing.json (what the train stage writes).
-Every image goes through `medimg.data.prepare.load_image` with the settings in
+Every image goes through `medimg.data.preprocess.load_image` with the settings in
 preprocessing.json, the one definition of preprocessing, so a new image becomes exactly
 what the training arrays were made of. A file that cannot be used becomes a result
 with its reason; the other images in its batch are still classified.
@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from medimg.config.base import error_lines
 from medimg.inference import DEFAULT_BATCH_SIZE, DEFAULT_MIN_SIZE
 from medimg.inference.errors import ModelSourceError, PredictError
 
@@ -42,7 +43,7 @@ class Preprocessing(BaseModel):
     channels: Literal[1, 3]
     aspect: Literal["stretch", "pad"]
     # models trained before grey-level normalisation existed have no such key
-    normalize: Literal["none", "autocontrast", "equalize"] = "none"
+    normalize: Literal["none", "equalize"] = "none"
     crop: Literal["none", "content"] = "none"
 
 
@@ -57,11 +58,7 @@ def read_preprocessing(path: Path) -> Preprocessing:
     try:
         return Preprocessing.model_validate(raw)
     except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or '(top level)'}: {e['msg']}, got {e.get('input')!r}"
-            for e in err.errors()
-        )
-        raise PredictError(f"{path}: {problems}") from None
+        raise PredictError(f"{path}: {'; '.join(error_lines(err, ''))}") from None
 
 
 @dataclass(frozen=True)
@@ -122,7 +119,7 @@ class ImageClassifier:
     @classmethod
     def from_files(cls, model_file: Path, preprocessing_file: Path) -> ImageClassifier:
         """Load model.keras (without compile state) and its preprocessing.json."""
-        from medimg.training.predict import load_model
+        from medimg.inference.keras_model import load_model
 
         preprocessing = read_preprocessing(preprocessing_file)
         try:
@@ -168,7 +165,7 @@ class ImageClassifier:
         below `min_size` pixels (None: `default_min_size()`).
         """
         from medimg.data.pixels import UnsupportedImageError, image_dimensions
-        from medimg.data.prepare import PrepareError, load_image
+        from medimg.data.preprocess import ImageLoadError, load_image
 
         min_size = self.default_min_size() if min_size is None else min_size
         try:
@@ -186,12 +183,12 @@ class ImageClassifier:
         p = self.preprocessing
         try:
             return load_image(path, p.channels, p.image_size, p.aspect, p.normalize, p.crop)
-        except PrepareError as err:  # names the file already
+        except ImageLoadError as err:  # names the file already
             raise PredictError(str(err)) from None
 
     def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """(N, H, W, C) uint8 -> (N, n_classes) float32 class probabilities."""
-        from medimg.training.predict import predict_proba
+        from medimg.inference.keras_model import predict_proba
 
         return predict_proba(self.model, pixels, batch_size=max(1, len(pixels)))
 

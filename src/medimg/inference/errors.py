@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from medimg.errors import UserError
 
-class PredictError(ValueError):
+
+class PredictError(UserError, ValueError):
     """The model folder, its preprocessing.json, an image or an option cannot be used."""
 
 

@@ -117,3 +117,26 @@ def _overlay_name(image: Path, used_names: set[str]) -> str:
         name = f"{image.stem}-{number}.png"
     used_names.add(name)
     return name
+
+
+def predict_image(model_path: Path, image_path: Path) -> list[tuple[str, float]]:
+    """Class probabilities of one image, most probable first: the simplest use of a
+    trained model from Python (`predict_inputs` does many images in batches).
+
+    Args:
+        model_path: a models/<run>/seed-<k> folder or its model.keras (or any source
+            `medimg.inference.sources.resolve_model_source` takes).
+        image_path: an image file `medimg predict` reads.
+
+    Returns:
+        [(class name, probability), ...] for every class, sorted by probability, highest first.
+    Raises PredictError naming the model, its preprocessing.json or the image at fault.
+    """
+    classifier = ImageClassifier.from_folder(resolve_model_source(str(model_path)))
+    image_path = Path(image_path)
+    if not image_path.is_file():
+        raise PredictError(f"{image_path}: image not found")
+    pixels = classifier.load_pixels(image_path)
+    proba = classifier.predict_pixels(pixels[None])[0]
+    ranked = sorted(zip(classifier.classes, proba.tolist(), strict=True), key=lambda p: -p[1])
+    return [(name, float(p)) for name, p in ranked]

@@ -79,17 +79,12 @@ def _download(spec: str, destination: Path) -> Path:
 def _check_store(uri: str, spec: str) -> None:
     """Fail in seconds, naming the store, when it cannot be read (MLflow would retry for
     minutes, or create an empty sqlite database where none was meant to be)."""
-    from medimg.tracking import TrackingError, ensure_reachable
+    from medimg.tracking import TrackingError, ensure_reachable, require_existing_store
 
-    if urlparse(uri).scheme == "sqlite":
-        database = Path(uri.removeprefix("sqlite:///"))
-        if not database.is_file():
-            raise ModelSourceError(
-                f"model {spec}: the MLflow store {uri} does not exist (no file {database}); "
-                "set MLFLOW_TRACKING_URI to the store that holds the model"
-            )
-        return
     try:
+        require_existing_store(uri, "set MLFLOW_TRACKING_URI to the store that holds the model")
+        if urlparse(uri).scheme == "sqlite":
+            return
         ensure_reachable(uri)
     except TrackingError as err:
         raise ModelSourceError(f"model {spec}: {err}") from None

@@ -1,12 +1,13 @@
-"""Each model's own options, as validated schemas (`runs.<name>.model_options` in params.yaml).
+"""Option types the models' schemas share (`runs.<name>.model_options` in params.yaml).
 
-Kept free of Keras so that reading params.yaml, which every stage does, validates
-`model_options` against the chosen model before any work: an unknown or ill-typed
-option fails there, naming the run, the option and what is allowed.
+Each model's schema lives in its zoo module (medimg.models.zoo) and builds on these.
+Kept free of Keras, like the zoo modules' tops: reading params.yaml validates
+`model_options` against the chosen model before any work, naming the run, the option
+and what is allowed.
 
 Options describe the network only. How it is trained (rescaling, resizing,
 augmentation, learning rates, the frozen/fine-tuning phases) is the run's business
-(`medimg.config.RunConfig`), not the model's.
+(`medimg.config.runs.RunConfig`), not the model's.
 """
 
 from __future__ import annotations
@@ -64,43 +65,6 @@ PretrainedWeights = _weights_field(("none", "imagenet"))
 
 
 class ModelOptions(BaseModel):
-    # extra="forbid": a misspelt option is an error, not a silently ignored knob.
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class XrayCnnOptions(ModelOptions):
-    """The thesis's pneumonia CNN: `conv_blocks` x (Conv 3x3 `feature_maps`, ReLU, MaxPool)."""
-
-    conv_blocks: PositiveInt = 5
-    feature_maps: PositiveInt = 32
-    dense_units: list[PositiveInt] = Field(default_factory=lambda: [128, 64])
-    batch_norm: bool = Field(False, description="BatchNorm after each convolution (not thesis)")
-    dropout: Dropout = Field(0.0, description="before each dense layer (not thesis)")
-
-
-class MriCnnOptions(ModelOptions):
-    """A generic 4-block CNN for the brain-tumour MRI."""
-
-    filters: list[PositiveInt] = Field(default_factory=lambda: [32, 64, 128, 128], min_length=1)
-    dense_units: PositiveInt = 128
-    dropout: Dropout = 0.5
-    batch_norm: bool = True
-    pooling: Literal["global_average", "flatten"] = Field(
-        "global_average", description="how the last feature map becomes a vector"
-    )
-
-
-class AlexNetOptions(ModelOptions):
-    """AlexNet (2012), adapted; `width` scales every layer (1.0 = the original widths)."""
-
-    width: Annotated[float, Field(gt=0.0, le=4.0)] = 1.0
-    dropout: Dropout = 0.5
-    batch_norm: bool = Field(False, description="BatchNorm after each conv instead of LRN")
-    weights: TransferWeights = "none"  # type: ignore[valid-type]
-
-
-class EfficientNetB0Options(ModelOptions):
-    """keras.applications.EfficientNetB0 with a new head (global pooling, dropout, dense)."""
-
-    weights: PretrainedWeights = "imagenet"  # type: ignore[valid-type]
-    dropout: Dropout = 0.2
+    # extra="forbid": a misspelt option is an error, not a silently ignored knob; strict: a
+    # value must have the option's type (`batch_norm: 1` is not true), as in the run's keys.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)

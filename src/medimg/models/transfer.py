@@ -18,13 +18,14 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from medimg.models import BACKBONE_NAME
-from medimg.models.blocks import is_head
+from medimg.errors import UserError
+from medimg.models.fine_tuning import is_head
+from medimg.models.registry import BACKBONE_NAME
 
 MODEL_FILE = "model.keras"
 
 
-class TransferError(ValueError):
+class TransferError(UserError, ValueError):
     """The source model cannot seed the target (missing, unreadable, nothing in common)."""
 
 

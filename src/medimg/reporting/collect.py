@@ -16,9 +16,7 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
-from urllib.parse import urlparse
 
 import numpy as np
 import pandas as pd
@@ -27,9 +25,9 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
 from medimg import paths, tracking
-from medimg.config import Params
+from medimg.config.params import Params
+from medimg.evaluation.statistics import Summary, summarize
 from medimg.reporting import ReportError
-from medimg.reporting.statistics import Summary, summarize
 
 SUMMARY_FILE = "summary.json"
 PARENT_ID_TAG = "mlflow.parentRunId"
@@ -124,13 +122,9 @@ def open_store(uri: str | None = None) -> MlflowClient:
     database and report nothing, which would hide a wrong MLFLOW_TRACKING_URI.
     """
     uri = uri or tracking.tracking_uri()
-    if urlparse(uri).scheme == "sqlite":
-        database = Path(uri.removeprefix("sqlite:///"))
-        if not database.is_file():
-            raise ReportError(
-                f"MLflow store {uri}: no database at {database}; train first (dvc repro) "
-                "or point MLFLOW_TRACKING_URI at the store that holds the runs"
-            )
+    tracking.require_existing_store(
+        uri, "train first (dvc repro) or point MLFLOW_TRACKING_URI at the store that holds the runs"
+    )
     tracking.ensure_reachable(uri)
     return MlflowClient(uri)
 

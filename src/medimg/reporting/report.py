@@ -12,12 +12,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from medimg import atomic, paths, tracking
-from medimg.config import Params, parse_params
+from medimg.config.params import Params, parse_params
+from medimg.evaluation.statistics import CONFIDENCE
 from medimg.inference.captions import display_name
 from medimg.reporting import charts
 from medimg.reporting.collect import Configuration, collect_configurations, open_store
 from medimg.reporting.render import FigureImage, Report, Section, to_html, to_markdown
-from medimg.reporting.statistics import CONFIDENCE
 from medimg.reporting.tables import (
     Settings,
     detail_table,
@@ -44,17 +44,17 @@ REDUCED_BANNER = (
 
 
 def report_dir() -> Path:
-    """Where the report goes: reports/, beside each run's reports/<run>/."""
-    return paths.root() / "reports"
+    """Where the report goes: reports/, beside reports/runs/ and reports/tune/."""
+    return paths.reports_root()
 
 
 def full_settings(params: Params) -> dict[str, Settings]:
     """Image size and epochs of each run under the full profile; {} when there is none."""
     if FULL_PROFILE not in params.profiles:
         return {}
-    full = parse_params({**params.model_dump(mode="json"), "profile": FULL_PROFILE})
+    full = parse_params({**params.source, "profile": FULL_PROFILE})
     return {
-        name: Settings(run.image_size or full.dataset(run.dataset).prepare.image_size, run.epochs)
+        name: Settings(run.input_size(full.dataset(run.dataset).prepare.image_size), run.epochs)
         for name, run in full.runs.items()
     }
 

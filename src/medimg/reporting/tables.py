@@ -2,7 +2,7 @@
 
 Accuracies and recalls are shown in percent with two decimals (as the thesis
 quotes them), ROC AUC as a fraction with three; "mean ± std" is over the repeat
-trainings and the interval is the 95 % Student-t interval of `statistics`.
+trainings and the interval is the 95 % Student-t interval of `medimg.evaluation.statistics`.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from medimg.evaluation.statistics import Summary, t_critical
 from medimg.inference.captions import display_name
 from medimg.reporting.collect import Configuration
-from medimg.reporting.statistics import Summary, t_critical
 from medimg.reporting.thesis import ThesisRow, ThesisTable
 
 DASH = "—"

@@ -12,6 +12,7 @@ from typing import Annotated
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from medimg.config.base import error_lines
 from medimg.reporting import ReportError
 
 THESIS_RESULTS_FILE = Path(__file__).with_name("thesis_results.yaml")
@@ -69,9 +70,5 @@ def load_thesis_results(path: Path = THESIS_RESULTS_FILE) -> ThesisResults:
     try:
         return ThesisResults.model_validate(raw)
     except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(top level)'} = {e.get('input')!r}: "
-            f"{e['msg']}"
-            for e in err.errors()
-        )
+        problems = "; ".join(error_lines(err, ""))
         raise ReportError(f"{path}: invalid thesis results: {problems}") from None

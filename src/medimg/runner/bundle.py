@@ -15,12 +15,13 @@ import time
 from pathlib import Path
 
 from medimg import atomic, paths
-from medimg.config import Params
+from medimg.config.params import Params
+from medimg.errors import UserError
 from medimg.runner.results import BUNDLE_FILE, BundleInfo, write_record
 from medimg.tracking import git_commit
 
 
-class BundleError(ValueError):
+class BundleError(UserError, ValueError):
     """The bundle cannot be made: unknown run, splits not made yet."""
 
 

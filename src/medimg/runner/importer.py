@@ -24,6 +24,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
 from medimg import tracking
+from medimg.config.runs import RunConfig
 from medimg.evaluation.metrics import aggregate
 from medimg.runner.results import (
     HISTORY_FILE,
@@ -150,7 +151,9 @@ def _import_seed(
         **record.config,
         "model_options": record.model_options,
         "seed": seed.seed,
-        "image_size": record.config.get("image_size") or record.data_meta["image_size"],
+        "image_size": RunConfig.model_validate(record.config).input_size(
+            record.data_meta["image_size"]
+        ),
     }
     params = [Param(k, v) for k, v in tracking.flatten_params(effective).items()]
     history = pd.read_csv(folder / HISTORY_FILE)

@@ -27,6 +27,8 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from medimg.errors import UserError
+
 BUNDLE_FILE = "bundle.json"
 MANIFEST_FILE = "manifest.json"
 RUN_FILE = "run.json"
@@ -35,7 +37,7 @@ SEED_METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.csv"
 
 
-class ResultsError(ValueError):
+class ResultsError(UserError, ValueError):
     """A bundle or results folder is missing a file or holds an invalid one."""
 
 

@@ -29,7 +29,9 @@ import numpy as np
 import pandas as pd
 
 from medimg import atomic
-from medimg.config import DatasetConfig, Params, RunConfig, load_params
+from medimg.config.datasets import DatasetConfig
+from medimg.config.params import Params, load_params
+from medimg.config.runs import RunConfig
 from medimg.data.archive import ZipArchive
 from medimg.data.layouts import match_layout
 from medimg.evaluation.predictions import PREDICTIONS_FILE
@@ -120,8 +122,8 @@ def train_and_evaluate_seed(run: RunConfig, data, work: Path, seed: int, out: Pa
     from medimg.evaluation.metrics import roc_points, scalar_metrics
     from medimg.evaluation.predictions import data_fingerprint, predict_splits, save_predictions
     from medimg.evaluation.seed_evaluation import evaluate_predictions
+    from medimg.inference.keras_model import load_model
     from medimg.training.fit import fit_one_seed
-    from medimg.training.predict import load_model
 
     fit = fit_one_seed(run, data, work, seed)
     predictions = predict_splits(load_model(fit.model_path), data)
@@ -207,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     import keras
 
     from medimg.data.prepared import load_prepared
-    from medimg.training.device import device_name
+    from medimg.device import device_name
 
     keras.mixed_precision.set_global_policy(args.precision)
     manifest = RunnerManifest(

@@ -5,8 +5,10 @@ stack.py puts both in one folder and is the `medimg stack` command. The test
 fixtures (tests/conftest.py) start their servers through the same code.
 """
 
+from medimg.errors import UserError
 
-class StackError(RuntimeError):
+
+class StackError(UserError, RuntimeError):
     """The team stack cannot start, stop or be found (binaries, ports, folder, a dead server)."""
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import requests
 
+from medimg import atomic
 from medimg.team import StackError, url_host
 from medimg.team.mlflow_server import (
     running_mlflow_pid,
@@ -145,12 +146,8 @@ def read_state(folder: Path) -> Stack | None:
 
 
 def _write_state(stack: Stack) -> None:
-    state_file = stack.folder / STATE_FILE
-    partial = state_file.with_name(STATE_FILE + ".tmp")
-    partial.touch()
-    partial.chmod(0o600)  # before the password is written
-    partial.write_text(json.dumps({**asdict(stack), "folder": str(stack.folder)}, indent=2))
-    partial.replace(state_file)
+    state = json.dumps({**asdict(stack), "folder": str(stack.folder)}, indent=2)
+    atomic.write_file(stack.folder / STATE_FILE, state, mode=0o600)  # it holds the password
 
 
 def _local_destination(destination: str) -> str:

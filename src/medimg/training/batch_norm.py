@@ -18,7 +18,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from medimg.models import BACKBONE_NAME
+from medimg.models.registry import BACKBONE_NAME
 
 DEFAULT_IMAGES = 1024
 

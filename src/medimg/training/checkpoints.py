@@ -41,6 +41,7 @@ import keras
 import numpy as np
 
 from medimg import atomic
+from medimg.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ STATE_FILE = "state.json"
 EPOCH_COLUMN = "epoch"
 
 
-class ResumeStateError(RuntimeError):
+class ResumeStateError(UserError, RuntimeError):
     """The saved training state cannot be used; the message says which file and what to do."""
 
 

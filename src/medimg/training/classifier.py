@@ -23,7 +23,7 @@ from typing import Literal
 
 import keras
 
-from medimg.config import TrainAugmentConfig
+from medimg.config.runs import TrainAugmentConfig
 
 AugmentationSite = Literal["model", "loader"]
 PIXELS_INPUT = "pixels"

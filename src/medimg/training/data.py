@@ -16,7 +16,7 @@ from collections.abc import Callable
 import keras
 import numpy as np
 
-from medimg.config import TrainAugmentConfig
+from medimg.config.runs import TrainAugmentConfig
 
 # Separate random streams per purpose, so that adding augmentation does not change
 # the shuffle order of a seed.

@@ -32,11 +32,11 @@ import numpy as np
 from keras import ops
 
 from medimg import atomic
-from medimg.config import RunConfig
+from medimg.config.runs import RunConfig
 from medimg.data.prepared import PreparedData
-from medimg.models import build_backbone, get_spec
-from medimg.models.blocks import set_trainable_top
+from medimg.models.fine_tuning import set_trainable_top
 from medimg.models.options import weights_kind
+from medimg.models.registry import BACKBONE_NAME, build_backbone, get_spec
 from medimg.models.transfer import load_source_model, transfer_weights
 from medimg.training.batch_norm import clean_training_sample, recompute_batch_norm_statistics
 from medimg.training.checkpoints import (
@@ -159,7 +159,7 @@ def build_classifier(
     The backbone is built at `run.image_size` (None: the prepared size); the wrapper
     resizes the prepared images to it (medimg.training.classifier).
     """
-    size = run.image_size or input_shape[0]
+    size = run.input_size(input_shape[0])
     backbone = build_backbone(
         run.model, (size, size, input_shape[2]), num_classes, run.model_options
     )
@@ -255,7 +255,8 @@ def compile_classifier(
 
 def configure_phase(model: keras.Model, run: RunConfig, data: PreparedData, phase: Phase) -> None:
     """Set the phase's trainable layers, then compile (a fresh optimizer) at its rate."""
-    set_trainable_top(model.get_layer("backbone"), phase.trainable_top_blocks)
+    blocks = get_spec(run.model).blocks(run.options())
+    set_trainable_top(model.get_layer(BACKBONE_NAME), phase.trainable_top_blocks, blocks)
     steps_per_epoch = math.ceil(len(data.split("train")) / run.batch_size)
     compile_classifier(model, run, data.num_classes, learning_rate_for(run, phase, steps_per_epoch))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from medimg.config import RunConfig
+from medimg.config.runs import RunConfig
 
 
 @dataclass(frozen=True)
@@ -12,7 +12,7 @@ class Phase:
     """Epochs [first_epoch, end_epoch) (0-based) trained with one compile state.
 
     trainable_top_blocks: None trains every layer; an integer freezes the feature
-    extractor except its top blocks (medimg.models.blocks.set_trainable_top).
+    extractor except its top blocks (medimg.models.fine_tuning.set_trainable_top).
     """
 
     name: str

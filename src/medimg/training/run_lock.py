@@ -21,8 +21,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from medimg.errors import UserError
 
-class RunLockedError(RuntimeError):
+
+class RunLockedError(UserError, RuntimeError):
     """Another process is training the same configuration."""
 
 

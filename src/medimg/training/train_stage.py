@@ -23,7 +23,7 @@ import pandas as pd
 from mlflow import MlflowClient
 
 from medimg import atomic, paths, tracking, tracking_callbacks
-from medimg.config import Params, RunConfig
+from medimg.config.runs import RunConfig, RunSettings
 from medimg.data.prepared import PreparedData, PreparedDataError, load_prepared
 from medimg.evaluation.predictions import (
     PREDICTIONS_FILE,
@@ -31,11 +31,12 @@ from medimg.evaluation.predictions import (
     predict_splits,
     save_predictions,
 )
+from medimg.evaluation.statistics import summarize
+from medimg.inference.keras_model import load_model
 from medimg.inference.pyfunc import log_classifier_model
 from medimg.models.options import weights_kind
 from medimg.training.checkpoints import read_history
 from medimg.training.fit import fit_one_seed
-from medimg.training.predict import load_model
 from medimg.training.run_lock import exclusive_run
 
 log = logging.getLogger(__name__)
@@ -188,7 +189,7 @@ def _effective_params(run: RunConfig, data: PreparedData, seed: int) -> dict[str
         **run.model_dump(mode="json"),
         "model_options": run.options().model_dump(mode="json"),
         "seed": seed,
-        "image_size": run.image_size or data.image_size,
+        "image_size": run.input_size(data.image_size),
         "input_shape": list(data.input_shape),
         "num_classes": data.num_classes,
         "n_train": len(data.split("train")),
@@ -234,18 +235,15 @@ def _prepare_work_dir(work: Path, config: dict[str, Any]) -> None:
 
 
 def _aggregate(results: list[dict[str, Any]]) -> dict[str, float]:
-    """Mean, sample std, min and max over seeds of each best_val_* metric.
-
-    The std needs two seeds; with one it is left out rather than logged as 0.
-    """
+    """Mean, sample std, min and max over seeds of each best_val_* metric (the one
+    aggregator, medimg.evaluation.statistics); with one seed no std is logged."""
     stats = {}
     for key in (*(f"best_{metric}" for metric in VAL_METRICS), "best_train_accuracy"):
-        values = np.array([r[key] for r in results], dtype=float)
-        stats[f"{key}_mean"] = float(values.mean())
-        stats[f"{key}_min"] = float(values.min())
-        stats[f"{key}_max"] = float(values.max())
-        if len(values) > 1:
-            stats[f"{key}_std"] = float(values.std(ddof=1))
+        summary = summarize([r[key] for r in results])
+        for statistic in ("mean", "std", "min", "max"):
+            value = getattr(summary, statistic)
+            if value is not None:
+                stats[f"{key}_{statistic}"] = value
     return stats
 
 
@@ -256,8 +254,9 @@ def _best_result(results: list[dict[str, Any]], monitor: str) -> dict[str, Any]:
     return pick(results, key=lambda r: r[key])
 
 
-def _register(params: Params, run: RunConfig, run_name: str, best: dict[str, Any]) -> dict:
+def _register(settings: RunSettings, best: dict[str, Any]) -> dict:
     """Register the best seed's model once; a resumed stage reuses the earlier registration."""
+    run, run_name, names = settings.run, settings.name, settings.tracking
     done = paths.work_dir(run_name) / "registered.json"
     if done.is_file():
         return json.loads(done.read_text())
@@ -265,11 +264,11 @@ def _register(params: Params, run: RunConfig, run_name: str, best: dict[str, Any
         MlflowClient(mlflow.get_tracking_uri()),
         model_id=best["logged_model_id"],
         run_id=best["child_run_id"],
-        name=tracking.registered_model_name(params.tracking.registered_model_prefix, run.dataset),
+        name=tracking.registered_model_name(names.registered_model_prefix, run.dataset),
         run_name=run_name,
         seed=best["seed"],
         best_val_auc=best["best_val_auc"],
-        champion_alias=params.tracking.champion_alias,
+        champion_alias=names.champion_alias,
     )
     _write_json(done, registered)
     return registered
@@ -321,12 +320,12 @@ def load_checked_data(run: RunConfig) -> PreparedData:
     return data
 
 
-def _parent_tags(params: Params, run_name: str, data: PreparedData) -> dict[str, str]:
-    run = params.run(run_name)
+def _parent_tags(settings: RunSettings, data: PreparedData) -> dict[str, str]:
+    run_name, run = settings.name, settings.run
     return {
         **tracking.run_tags(run_name, data.meta["source_fingerprint"], run.split_protocol),
         **tracking.process_tags(),
-        "medimg.profile": params.profile,
+        "medimg.profile": settings.profile,
         "medimg.dataset": run.dataset,
         "medimg.model": run.model,
     }
@@ -337,17 +336,17 @@ def lock_file(run_name: str) -> Path:
     return paths.work_dir(run_name).parent / "locks" / f"{run_name}.lock"
 
 
-def run_train(params: Params, run_name: str) -> dict[str, Any]:
-    """Train every seed of `params.runs[run_name]`; write models/<run_name>/; return the summary.
+def run_train(settings: RunSettings) -> dict[str, Any]:
+    """Train every seed of run `settings.name`; write models/<run>/; return the summary.
 
     Checks the configuration, the prepared data and the tracking store before
     any work, so a failure leaves models/ and MLflow untouched. A second training
     of the same configuration while this one runs is refused (RunLockedError).
     """
-    run = params.run(run_name)
+    run_name, run = settings.name, settings.run
     data = load_checked_data(run)
     uri = tracking.tracking_uri()
-    name = tracking.experiment_name(params.tracking.experiment_prefix, run.dataset)
+    name = tracking.experiment_name(settings.tracking.experiment_prefix, run.dataset)
     tracking.ensure_reachable(uri, experiment=name)
     with exclusive_run(lock_file(run_name), f"run {run_name!r}"):
         mlflow.set_tracking_uri(uri)
@@ -355,7 +354,7 @@ def run_train(params: Params, run_name: str) -> dict[str, Any]:
         experiment_id = tracking.get_or_create_experiment(client, name)
         for run_id in tracking.close_orphaned_runs(client, [experiment_id]):
             log.warning("MLflow run %s was left RUNNING by a dead process: marked KILLED", run_id)
-        summary = _train_all(params, run_name, data, experiment_id)
+        summary = _train_all(settings, data, experiment_id)
         summary.update(experiment_name=name, tracking_uri=uri)
         results = summary.pop("results")
         _write_outputs(run_name, results, _preprocessing(data), summary)
@@ -364,13 +363,10 @@ def run_train(params: Params, run_name: str) -> dict[str, Any]:
     return summary
 
 
-def _train_all(
-    params: Params, run_name: str, data: PreparedData, experiment_id: str
-) -> dict[str, Any]:
+def _train_all(settings: RunSettings, data: PreparedData, experiment_id: str) -> dict[str, Any]:
     """The parent run: every seed, the aggregates, the registration; returns the summary."""
-    run = params.run(run_name)
-    dataset = params.dataset(run.dataset)
-    tags = _parent_tags(params, run_name, data)
+    run_name, run, dataset = settings.name, settings.run, settings.dataset
+    tags = _parent_tags(settings, data)
     parent_params = {
         # model options with the schema's defaults, so e.g. the weights always show
         "run": {
@@ -391,9 +387,7 @@ def _train_all(
         ]
         mlflow.log_metrics(_aggregate(results))
         best = _best_result(results, run.monitor)
-        registered = (
-            _register(params, run, run_name, best) if params.tracking.register_models else None
-        )
+        registered = _register(settings, best) if settings.tracking.register_models else None
     return {
         "run": run_name,
         "dataset": run.dataset,

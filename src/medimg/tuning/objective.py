@@ -16,11 +16,12 @@ import keras
 import numpy as np
 import optuna
 
-from medimg.config import RunConfig, StudyConfig, run_with_values
+from medimg.config.runs import RunConfig
+from medimg.config.studies import StudyConfig, run_with_values
 from medimg.data.prepared import PreparedData
 from medimg.evaluation.metrics import classification_metrics
+from medimg.inference.keras_model import load_model, predict_proba
 from medimg.training.fit import fit_one_seed
-from medimg.training.predict import load_model, predict_proba
 from medimg.training.train_stage import resolve_initial_weights
 from medimg.tuning.pruning import EpochPruning
 from medimg.tuning.space import suggest_values

@@ -24,7 +24,6 @@ from optuna.trial import TrialState
 from optuna.visualization import matplotlib as optuna_plots
 
 from medimg import atomic
-from medimg.config import Params
 from medimg.tuning.objective import EPOCHS_ATTR
 from medimg.tuning.study import TuneStudyError
 
@@ -69,9 +68,11 @@ def apply_command(run_name: str, values: dict[str, Any]) -> str:
     return shlex.join([*args, f"train@{run_name}", f"evaluate@{run_name}"])
 
 
-def keys_shadowed_by_profile(params: Params, run_name: str, values: dict[str, Any]) -> list[str]:
-    """Profile overrides that would replace a tuned value set on the base params."""
-    overrides = params.profiles.get(params.profile, {}) if params.profile != "sample" else {}
+def keys_shadowed_by_profile(
+    overrides: dict[str, Any], run_name: str, values: dict[str, Any]
+) -> list[str]:
+    """The selected profile's dotted overrides that would replace a tuned value set on the
+    base params (`runs.<run>.<key>`)."""
     tuned = [f"runs.{run_name}.{key}" for key in (*values, "repeats")]
     return sorted(
         dotted

@@ -6,7 +6,7 @@ from typing import Any
 
 import optuna
 
-from medimg.config import SearchDimension
+from medimg.config.studies import SearchDimension
 
 
 def suggest_value(trial: optuna.Trial, key: str, dimension: SearchDimension) -> Any:

@@ -33,6 +33,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalStorage
 
 from medimg import paths
+from medimg.errors import UserError
 from medimg.tracking import masked_uri
 
 STORAGE_ENV = "MEDIMG_OPTUNA_STORAGE"
@@ -54,7 +55,7 @@ CONNECT_TIMEOUT_S = 10
 SCHEMA_ATTEMPTS = 5
 
 
-class TuneStorageError(RuntimeError):
+class TuneStorageError(UserError, RuntimeError):
     """The Optuna storage cannot be opened (bad URL, unreachable server, missing folder)."""
 
 

@@ -18,22 +18,23 @@ from typing import Any
 
 import optuna
 
-from medimg.config import (
+from medimg.config.runs import RunConfig
+from medimg.config.studies import (
     HyperbandPrunerConfig,
     MedianPrunerConfig,
     RandomSamplerConfig,
-    RunConfig,
     StudyConfig,
     TpeSamplerConfig,
 )
 from medimg.data.prepared import PreparedData
+from medimg.errors import UserError
 
 # Run keys that do not change a trial: left out of the study's digest.
 RUN_KEYS_UNUSED_BY_TRIALS = ("repeats", "prediction_examples")
 DEFINITION_ATTR = "medimg.definition"
 
 
-class TuneStudyError(RuntimeError):
+class TuneStudyError(UserError, RuntimeError):
     """The study cannot run as configured (a sampler whose library is missing)."""
 
 

@@ -29,7 +29,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from optuna.trial import FrozenTrial, TrialState
 
 from medimg import tracking, tracking_callbacks
-from medimg.config import RunConfig
+from medimg.config.runs import RunConfig
 from medimg.tuning.workers import waiting_lock
 
 STUDY_ROLE = "study"

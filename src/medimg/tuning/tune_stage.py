@@ -25,7 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
 from medimg import paths, tracking
-from medimg.config import Params, StudyConfig
+from medimg.config.studies import StudyConfig, StudySettings
 from medimg.data.prepared import PreparedData, PreparedDataError
 from medimg.training.train_stage import load_checked_data
 from medimg.tuning.objective import EPOCHS_ATTR, TrialObjective
@@ -54,7 +54,7 @@ SUMMARY_METRICS = ("best_value", "best_trial", "complete", "pruned", "failed", "
 
 def reports_dir(study_name: str) -> Path:
     """reports/tune/<study>/: best_params.yaml, summary.json, trials.csv, figures/."""
-    return paths.root() / "reports" / "tune" / study_name
+    return paths.reports_root() / "tune" / study_name
 
 
 def study_work_dir(storage_name: str, url: str) -> Path:
@@ -82,17 +82,16 @@ def _check_image_sizes(study_name: str, study: StudyConfig, data: PreparedData) 
 
 
 def _study_tags(
-    params: Params, study_name: str, storage_name: str, url: str, data: PreparedData
+    settings: StudySettings, storage_name: str, url: str, data: PreparedData
 ) -> dict[str, str]:
-    study = params.study(study_name)
-    run = params.run(study.run)
+    study, run = settings.study, settings.run.run
     return {
         **tracking.run_tags(study.run, data.meta["source_fingerprint"], run.split_protocol),
         "medimg.role": "study",
-        "medimg.study": study_name,
+        "medimg.study": settings.name,
         "medimg.optuna_study": storage_name,
         "medimg.optuna_storage": describe(url),
-        "medimg.profile": params.profile,
+        "medimg.profile": settings.profile,
         "medimg.dataset": run.dataset,
         "medimg.model": run.model,
     }
@@ -232,22 +231,20 @@ def _recover_from_dead_workers(
 
 
 def run_tune(
-    params: Params,
-    study_name: str,
+    settings: StudySettings,
     *,
     n_trials: int | None = None,
     timeout_s: float | None = None,
     storage: str | None = None,
 ) -> dict[str, Any]:
-    """Run study `study_name` as one worker; write reports/tune/<study>/; return its summary.
+    """Run study `settings.name` as one worker; write reports/tune/<study>/; return its summary.
 
     n_trials: the study's target of finished trials (default tune.<study>.n_trials);
     timeout_s: no trial starts after it (default tune.<study>.timeout_s);
     storage: an Optuna storage URL or journal file (default: storage.storage_url).
     Checks the data, the MLflow store and the Optuna storage before any trial.
     """
-    config = params.study(study_name)
-    run = params.run(config.run)
+    study_name, config, run = settings.name, settings.study, settings.run.run
     data = load_checked_data(run)
     _check_image_sizes(study_name, config, data)
     check_sampler_available(study_name, config)
@@ -260,8 +257,8 @@ def run_tune(
     storage = open_storage(url)
     study = open_study(storage, storage_name, config, definition, config.repeats * run.epochs)
     study_dir = study_work_dir(storage_name, url)
-    experiment = tracking.experiment_name(params.tracking.experiment_prefix, run.dataset)
-    tags = _study_tags(params, study_name, storage_name, url, data)
+    experiment = tracking.experiment_name(settings.run.tracking.experiment_prefix, run.dataset)
+    tags = _study_tags(settings, storage_name, url, data)
     described = {  # the study run's params
         "study": config.model_dump(mode="json"),
         "run": run.model_dump(mode="json"),
@@ -293,6 +290,8 @@ def run_tune(
         "parent_run_id": tracker.parent_run_id,
         "best_params": record["params"],
         "command": record["command"],
-        "shadowed_by_profile": keys_shadowed_by_profile(params, config.run, study.best_params),
+        "shadowed_by_profile": keys_shadowed_by_profile(
+            settings.profile_overrides, config.run, study.best_params
+        ),
         "counts": trial_counts(study),
     }

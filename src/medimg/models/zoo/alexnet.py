@@ -1,12 +1,17 @@
-"""AlexNet (Krizhevsky, Sutskever, Hinton 2012), adapted to the input size and class count."""
+"""`alexnet`: AlexNet (Krizhevsky, Sutskever, Hinton 2012), adapted to the input size and
+class count (`build` says how and why)."""
 
 from __future__ import annotations
 
-import keras
+from typing import TYPE_CHECKING, Annotated
 
-from medimg.models import BACKBONE_NAME, HEAD_PREFIX
-from medimg.models.options import AlexNetOptions
-from medimg.models.simple_cnn import BN_MOMENTUM, check_shape, dense_head
+from pydantic import Field
+
+from medimg.models.options import Dropout, ModelOptions, TransferWeights
+from medimg.models.registry import BACKBONE_NAME, HEAD_PREFIX, ModelSpec
+
+if TYPE_CHECKING:
+    import keras
 
 # (filters, kernel, stride, max-pool after it) of the five convolutions, as in the paper.
 CONV_LAYERS = (
@@ -21,7 +26,21 @@ POOL_SIZE = 3
 POOL_STRIDE = 2  # overlapping pooling, as in the paper
 
 
-def build_alexnet(
+class AlexNetOptions(ModelOptions):
+    """AlexNet (2012), adapted; `width` scales every layer (1.0 = the original widths)."""
+
+    width: Annotated[float, Field(gt=0.0, le=4.0)] = 1.0
+    dropout: Dropout = 0.5
+    batch_norm: bool = Field(False, description="BatchNorm after each conv instead of LRN")
+    weights: TransferWeights = "none"  # type: ignore[valid-type]
+
+
+def blocks(options: AlexNetOptions) -> tuple[str, ...]:
+    """One block per convolution, as the layers are named."""
+    return tuple(f"block{k}" for k in range(1, len(CONV_LAYERS) + 1))
+
+
+def build(
     input_shape: tuple[int, int, int], num_classes: int, options: AlexNetOptions
 ) -> keras.Model:
     """AlexNet: 5 convolutions (96-256-384-384-256; 11x11 stride 4, 5x5, 3x3) with three
@@ -45,11 +64,14 @@ def build_alexnet(
     Input: (batch, H, W, C) float in 0-1. `options.weights` (initial weights from a
     file or an MLflow model) is applied by the training side after building.
     """
+    import keras  # here, not at the top: the registry imports this module without Keras
+
+    from medimg.models.layers import BN_MOMENTUM, check_shape, dense_head
+
     check_shape(input_shape, num_classes)
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     x = inputs
-    for index, (filters, kernel, stride, pool) in enumerate(CONV_LAYERS, start=1):
-        name = f"block{index}"
+    for name, (filters, kernel, stride, pool) in zip(blocks(options), CONV_LAYERS, strict=True):
         x = keras.layers.Conv2D(
             max(1, round(filters * options.width)),
             kernel,
@@ -69,3 +91,12 @@ def build_alexnet(
     units = [max(1, round(n * options.width)) for n in DENSE_UNITS]
     outputs = dense_head(x, units, options.dropout, num_classes, dropout_before_output=False)
     return keras.Model(inputs, outputs, name=BACKBONE_NAME)
+
+
+MODEL = ModelSpec(
+    options=AlexNetOptions,
+    build=build,
+    blocks=blocks,
+    uses_batch_norm=lambda options: options.batch_norm,
+    tiny_options={"width": 0.05},
+)

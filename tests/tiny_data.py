@@ -1,7 +1,8 @@
 """A tiny learnable dataset in the augment stage's format, for tests and benchmarks.
 
 Written once here so that the train stage's, the tuner's and the team-mode tests,
-and the storage benchmark, train on the same arrays.
+and the storage benchmark (benchmarks/tune_storage.py), train on the same arrays.
+Test data, so it lives with the tests, not in the package.
 """
 
 from __future__ import annotations

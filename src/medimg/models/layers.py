@@ -1,8 +1,7 @@
-"""Small CNNs: the thesis's X-ray model and a generic CNN for the brain-tumour MRI.
+"""Keras building blocks the zoo's networks share: the input check, conv blocks, the head.
 
-Both take float pixels in 0-1 of shape (batch, H, W, C) (the training side rescales
-0-255 input in front of them, medimg.training.classifier) and end in one sigmoid
-unit for two classes, else `num_classes` softmax units. Returned uncompiled.
+Every network ends in one sigmoid unit for two classes, else `num_classes` softmax
+units (`classifier_output`), and names its head's layers with HEAD_PREFIX.
 
 Padding is "same" everywhere: with Keras's default "valid", each 3x3
 convolution loses 2 pixels before the pooling halves the map, so the X-ray
@@ -18,8 +17,7 @@ from collections.abc import Sequence
 
 import keras
 
-from medimg.models import BACKBONE_NAME, HEAD_PREFIX, OUTPUT_LAYER
-from medimg.models.options import MriCnnOptions, XrayCnnOptions
+from medimg.models.registry import HEAD_PREFIX, OUTPUT_LAYER
 
 KERNEL_SIZE = 3
 POOL_SIZE = 2
@@ -83,49 +81,3 @@ def dense_head(
     if dropout and dropout_before_output:
         x = keras.layers.Dropout(dropout, name=f"{HEAD_PREFIX}dropout_out")(x)
     return classifier_output(x, num_classes)
-
-
-def build_xray_cnn(
-    input_shape: tuple[int, int, int], num_classes: int, options: XrayCnnOptions
-) -> keras.Model:
-    """The thesis's pneumonia CNN.
-
-    (batch, H, W, C) in 0-1 -> `conv_blocks` x (Conv2D 3x3 `feature_maps`, [BatchNorm],
-    ReLU, MaxPooling 2x2) -> Flatten -> Dense 128 ReLU -> Dense 64 ReLU -> Dense 1
-    sigmoid (2 classes) or Dense num_classes softmax. The thesis's model is the
-    default options: 5 blocks of 32, no batch norm, no dropout.
-    """
-    check_shape(input_shape, num_classes)
-    inputs = keras.Input(shape=tuple(input_shape), name="image")
-    x = inputs
-    for block in range(1, options.conv_blocks + 1):
-        x = conv_block(x, options.feature_maps, f"block{block}", options.batch_norm)
-    x = keras.layers.Flatten(name=f"{HEAD_PREFIX}flatten")(x)
-    outputs = dense_head(x, options.dense_units, options.dropout, num_classes)
-    return keras.Model(inputs, outputs, name=BACKBONE_NAME)
-
-
-def build_mri_cnn(
-    input_shape: tuple[int, int, int], num_classes: int, options: MriCnnOptions
-) -> keras.Model:
-    """A generic CNN for the 4-class brain-tumour MRI.
-
-    (batch, H, W, C) in 0-1
-    -> for each of `filters` (32, 64, 128, 128): Conv2D 3x3 -> BatchNorm -> ReLU
-       -> MaxPooling 2x2 (BatchNorm keeps training stable at lr 1e-3 with Adam)
-    -> GlobalAveragePooling2D (one value per feature map: few parameters, any input
-       size) or Flatten (keeps where in the image a feature was; `pooling`)
-    -> Dropout -> Dense `dense_units` ReLU -> Dropout
-    -> Dense num_classes softmax (or Dense 1 sigmoid for 2 classes).
-    """
-    check_shape(input_shape, num_classes)
-    inputs = keras.Input(shape=tuple(input_shape), name="image")
-    x = inputs
-    for block, n_filters in enumerate(options.filters, start=1):
-        x = conv_block(x, n_filters, f"block{block}", options.batch_norm)
-    if options.pooling == "global_average":
-        x = keras.layers.GlobalAveragePooling2D(name=f"{HEAD_PREFIX}pool")(x)
-    else:
-        x = keras.layers.Flatten(name=f"{HEAD_PREFIX}flatten")(x)
-    outputs = dense_head(x, [options.dense_units], options.dropout, num_classes)
-    return keras.Model(inputs, outputs, name=BACKBONE_NAME)
