@@ -318,7 +318,7 @@ def test_report_marks_an_unpaired_unlike_comparison(written: dict) -> None:
     assert delong["p_value"] == pytest.approx(expected.p_value)
     assert "unpaired" in delong["method"]
     row = next(line for line in written["markdown"].splitlines() if "NO: epochs 2 vs 10" in line)
-    assert "test images 6 vs 10 (tested)" in row and "| unpaired: 6 vs 10 |" in row
+    assert "test images 6 vs 10 (intended)" in row and "| unpaired: 6 vs 10 |" in row
 
 
 def test_report_flags_the_single_class_model(written: dict) -> None:

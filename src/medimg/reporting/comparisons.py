@@ -132,7 +132,9 @@ def _settings_differences(
     return differs, intended
 
 
-def _measure(dataset: str, spec: ComparisonSpec, reference, candidate) -> Comparison:
+def _measure(
+    dataset: str, spec: ComparisonSpec, reference: Configuration, candidate: Configuration
+) -> Comparison:
     """Settings, pairing, Δ and its interval of one matched pair of evaluated configurations."""
     differs, intended = _settings_differences(spec, reference, candidate)
     means = {

@@ -130,7 +130,9 @@ def pairwise_order(positive: np.ndarray, negative: np.ndarray) -> np.ndarray:
     return above + 0.5 * tied
 
 
-def weighted_auc(psi: np.ndarray, positive_weights: np.ndarray, negative_weights: np.ndarray):
+def weighted_auc(
+    psi: np.ndarray, positive_weights: np.ndarray, negative_weights: np.ndarray
+) -> np.ndarray:
     """(B,) ROC AUC of B weighted copies of one scoring: ψ (n, m), weights (B, m) and (B, n).
 
     A weight is how often an image was drawn, so this is the AUC of the resampled set.
@@ -159,7 +161,7 @@ def auc_per_seed(side: SeedPredictions, weights: np.ndarray) -> np.ndarray:
     return per_class.mean(axis=0)
 
 
-def stratified_weights(labels: np.ndarray, replicates: int, rng: np.random.Generator):
+def stratified_weights(labels: np.ndarray, replicates: int, rng: np.random.Generator) -> np.ndarray:
     """(B, N) draw counts: per class, as many images drawn with replacement as it holds."""
     weights = np.zeros((replicates, len(labels)))
     for k in np.unique(labels):

@@ -341,18 +341,23 @@ def delta_with_interval(
 
 
 def _setting_values(differences: dict, suffix: str = "") -> list[str]:
-    """ "epochs 10 vs 2" per differing setting (reference's value first)."""
+    """ "epochs 10 vs 2" per differing setting (reference's value first); a value the run
+    did not record reads "unknown" (and differs: the two cannot be shown to be alike)."""
     return [
-        f"{SETTINGS[name][0]} {reference} vs {candidate}{suffix}"
+        f"{SETTINGS[name][0]} {_known(reference)} vs {_known(candidate)}{suffix}"
         for name, (reference, candidate) in differences.items()
     ]
 
 
+def _known(value: object) -> str:
+    return "unknown" if value is None else str(value)
+
+
 def _alike_cell(comparison: Comparison) -> Cell:
-    tested = _setting_values(comparison.intended, " (tested)")
+    intended = _setting_values(comparison.intended, " (intended)")
     if comparison.like_for_like:
-        return Cell("; ".join(["yes", *tested]))
-    return Cell("; ".join(["NO: " + "; ".join(_setting_values(comparison.differs)), *tested]))
+        return Cell("; ".join(["yes", *intended]))
+    return Cell("; ".join(["NO: " + "; ".join(_setting_values(comparison.differs)), *intended]))
 
 
 def _pairing_cell(comparison: Comparison) -> Cell:
@@ -423,8 +428,9 @@ COMPARISON_NOTES = (
     "Δ: the candidate's mean over its repeat trainings minus the reference's, of the "
     "same origin, device and profile. Like-for-like: epochs, image size, test-set size, "
     "split protocol, profile and device are equal, except those the pair is meant to "
-    "test (marked 'tested'); otherwise the row says NO and what differs, and its Δ mixes "
-    "the tested change with those differences.",
+    "change (marked 'intended', e.g. the split protocol and with it the test set); "
+    "otherwise the row says NO and what differs, and its Δ mixes the tested change with "
+    "those differences.",
     f"Interval: {100 * CONFIDENCE:.0f} % two-level bootstrap ({BOOTSTRAP_REPLICATES} "
     "replicates, percentile): each replicate resamples the test images within each "
     "class and each side's repeats. Paired: both were tested on the same images in the "
