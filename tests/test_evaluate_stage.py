@@ -40,6 +40,11 @@ from medimg.evaluation.predictions import (
     predict_splits,
     save_predictions,
 )
+from medimg.evaluation.test_predictions import (
+    N_TEST_IMAGES_METRIC,
+    TEST_PREDICTIONS_FILE,
+    read_test_predictions,
+)
 from medimg.inference.predict import PredictError, predict_image
 from medimg.reporting.thesis import load_thesis_results
 
@@ -104,7 +109,11 @@ def write_prepared(root: Path, classes: list[str], test_labels: np.ndarray) -> d
         np.save(directory / f"{split}_x.npy", images_of(y, rng))
         np.save(directory / f"{split}_y.npy", y.astype(np.int64))
         pd.DataFrame(
-            {"path": [f"images/{split}/{i}.png" for i in range(len(y))], "label": y, "copy": 0}
+            {
+                "path": [f"images/{split}/{i}.png" for i in range(len(y))],
+                "label": [classes[i] for i in y],  # class names, as the augment stage writes
+                "copy": 0,
+            }
         ).to_csv(directory / f"{split}.csv", index=False)
     meta = {
         "dataset": DATASET,
@@ -269,7 +278,7 @@ def test_run_evaluate_multiclass_with_a_class_absent_from_test(tmp_path: Path, u
     assert f"val_roc_auc_{absent}" in child
     reports = tmp_path / "reports" / "runs" / RUN
     assert set(pd.read_csv(reports / "roc_test.csv")["class"]) == {*MULTICLASS[:2], "micro"}
-    details = json.loads((reports / "seed-0" / "metrics.json").read_text())
+    details = json.loads((reports / "seeds" / "seed-0" / "metrics.json").read_text())
     assert any(absent in note for note in details["test"]["notes"])
 
 
@@ -284,12 +293,20 @@ def check_evaluation(setup: Setup, report: dict) -> dict:
     x_test, y_test = setup.arrays["test"]
 
     per_seed = []
+    prepared_paths = pd.read_csv(at_root / "data" / "prepared" / DATASET / PROTOCOL / "test.csv")
     for seed in SEEDS:
-        expected, _ = accuracy_by_hand(
+        expected, predicted = accuracy_by_hand(
             at_root / "models" / RUN / f"seed-{seed}" / "model.keras", x_test, y_test
         )
         assert on_disk["per_seed"][f"seed-{seed}"]["test"]["accuracy"] == pytest.approx(expected)
         per_seed.append(expected)
+        # The report's paired statistics read this file: each test image named, in order.
+        images = read_test_predictions(
+            reports / "seeds" / f"seed-{seed}" / TEST_PREDICTIONS_FILE, classes
+        )
+        assert list(images.paths) == list(prepared_paths["path"])
+        assert images.labels.tolist() == y_test.tolist()
+        assert images.predicted.tolist() == predicted.tolist()
     test_accuracy = on_disk["test"]["accuracy"]
     assert test_accuracy["mean"] == pytest.approx(np.mean(per_seed))
     assert test_accuracy["std"] == pytest.approx(np.std(per_seed, ddof=1))
@@ -319,8 +336,13 @@ def check_evaluation(setup: Setup, report: dict) -> dict:
         logged = client.get_run(run_id).data.metrics
         assert logged["test_accuracy"] == pytest.approx(per_seed[SEEDS.index(seed)])
         assert "val_log_loss" in logged
+        assert logged[N_TEST_IMAGES_METRIC] == len(y_test)
         artifacts = {a.path for a in client.list_artifacts(run_id, "evaluation")}
-        assert {"evaluation/metrics.json", "evaluation/confusion_test.png"} <= artifacts
+        assert {
+            "evaluation/metrics.json",
+            "evaluation/confusion_test.png",
+            f"evaluation/{TEST_PREDICTIONS_FILE}",
+        } <= artifacts
     parent = client.get_run(setup.parent_id).data.metrics
     assert parent["test_accuracy_mean"] == pytest.approx(np.mean(per_seed))
     assert parent["test_accuracy_std"] == pytest.approx(np.std(per_seed, ddof=1))

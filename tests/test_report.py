@@ -1,8 +1,10 @@
 """`medimg report` on a real sqlite MLflow store holding synthetic runs of known values.
 
-The store is made with MlflowClient the way the train and evaluate stages fill it:
-a parent run per configuration (tags, run.* params, evaluation/ files) and a child
-per repeat with its metrics. Expected numbers are worked out by hand below.
+The store (report_support.Store) is made with MlflowClient the way the train and
+evaluate stages fill it: a parent run per configuration (tags, run.* params,
+evaluation/ files) and a child per repeat with its metrics; no per-image predictions
+here (tests/test_report_comparisons.py has them). Expected numbers are worked out by
+hand below.
 """
 
 from __future__ import annotations
@@ -14,13 +16,9 @@ from datetime import UTC, datetime
 from html.parser import HTMLParser
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import yaml
-from mlflow import MlflowClient
-from mlflow.entities import Metric, Param
 
-from medimg import tracking
 from medimg.cli import main
 from medimg.config.params import Params, parse_params
 from medimg.evaluation.statistics import summarize, t_critical
@@ -29,6 +27,7 @@ from medimg.reporting.collect import collect_configurations
 from medimg.reporting.report import build_report, write_report
 from medimg.reporting.tables import thesis_table
 from medimg.reporting.thesis import THESIS_RESULTS_FILE, load_thesis_results
+from report_support import Store
 
 XRAY_CLASSES = ["NORMAL", "PNEUMONIA"]
 MRI_CLASSES = ["glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor"]
@@ -79,62 +78,6 @@ def params_dict() -> dict:
             }
         },
     }
-
-
-class Store:
-    """A sqlite store under `root`, and helpers that record runs as the stages do."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
-        self.client = MlflowClient(self.uri)
-        self.experiments = {
-            name: tracking.get_or_create_experiment(self.client, f"medimg-{name}")
-            for name in ("chest_xray", "brain_tumor_mri")
-        }
-
-    def parent(self, dataset: str, run: str, tags: dict, params: dict) -> str:
-        parent = self.client.create_run(
-            self.experiments[dataset],
-            run_name=run,
-            tags={"medimg.run": run, "medimg.role": "parent", **tags},
-        )
-        run_id = parent.info.run_id
-        self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
-        return run_id
-
-    def child(self, dataset: str, parent_id: str, seed: int, metrics: dict) -> None:
-        child = self.client.create_run(
-            self.experiments[dataset],
-            tags={
-                "mlflow.parentRunId": parent_id,
-                "medimg.role": "child",
-                "medimg.seed": str(seed),
-            },
-        )
-        self.client.log_batch(
-            child.info.run_id, metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()]
-        )
-
-    def evaluation_files(self, run_id: str, classes: list[str], predicted: list[int]) -> None:
-        """roc_test.csv and confusion_test.csv as the evaluate stage logs them."""
-        folder = self.root / "artifacts-to-log" / run_id
-        folder.mkdir(parents=True)
-        actual = [k % len(classes) for k in range(len(predicted))]
-        pd.DataFrame(
-            {"actual": [classes[a] for a in actual], "predicted": [classes[p] for p in predicted]}
-        ).to_csv(folder / "confusion_test.csv", index=False)
-        curves = [
-            pd.DataFrame({"fpr": [0, 0.1, 1], "tpr": [0, 0.8, 1], "class": name})
-            for name in (classes[1:] if len(classes) == 2 else classes)
-        ]
-        pd.concat(curves).to_csv(folder / "roc_test.csv", index=False)
-        self.client.log_artifacts(run_id, str(folder), "evaluation")
-
-    def summary_json(self, run: str, parent_id: str) -> None:
-        folder = self.root / "models" / run
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "summary.json").write_text(json.dumps({"parent_run_id": parent_id}))
 
 
 def xray_metrics(accuracy: float) -> dict:
@@ -282,15 +225,27 @@ def test_thesis_table_rows_and_interval(at_store: Store, params: Params) -> None
 
 def test_report_files(at_store: Store, params: Params) -> None:
     written = write_report(params)
-    assert written == [at_store.root / "reports" / n for n in ("report.md", "report.html")]
+    names = ("report.md", "report.html", "comparisons.json")
+    assert written == [at_store.root / "reports" / n for n in names]
     markdown = written[0].read_text()
     # mri_cnn was trained, not evaluated; mri_cnn_official is named by the thesis file only.
     assert "| [mri_cnn](" in markdown and "| not evaluated |" in markdown
     assert "| mri_cnn_official | not run |" in markdown
-    assert "Rows marked [sample]" in markdown and "mri_cnn_thesis [sample]" in markdown
+    assert "Rows and figures marked [sample]" in markdown
+    assert "mri_cnn_thesis [sample]" in markdown
     assert "| — (1 repeat) |" in markdown  # mri_cnn_thesis: one repeat, no interval
-    # The protocol table: xray_cnn_aug (0.92) against xray_cnn_aug_thesis (0.97).
-    assert "| -5.00 pp |" in markdown
+    # The comparison xray_cnn_aug (0.92) − xray_cnn_aug_thesis (0.97): no per-image
+    # predictions in this store, so the difference of the means and no interval.
+    lacking = "no per-image predictions (xray_cnn_aug_thesis, xray_cnn_aug)"
+    assert f"| {lacking} | -5.00 pp (no interval) |" in markdown
+    entries = json.loads(written[2].read_text())["comparisons"]
+    leakage = next(e for e in entries if e["reference"]["configuration"] == "xray_cnn_aug_thesis")
+    accuracy = leakage["results"][0]
+    assert accuracy["difference"] == pytest.approx(-0.05)
+    assert (accuracy["ci_low"], accuracy["method"], leakage["paired"]) == (None, lacking, None)
+    # xray_cnn is not trained: its pair says so and measures nothing.
+    augmentation = next(e for e in entries if e["reference"]["configuration"] == "xray_cnn")
+    assert (augmentation["status"], augmentation["results"]) == ("xray_cnn not trained", [])
     assert "efficientnet_b0 (imported, cpu:0)" in markdown
     assert not list((at_store.root / "reports").glob(".*"))  # no temporary files left
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from medimg.config.params import load_params
+from medimg.reporting.report import COMPARISONS_FILE, REPORT_FILES
 from medimg.reporting.thesis import THESIS_RESULTS_FILE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,9 +46,9 @@ def test_report_stage_outputs_are_the_report_files() -> None:
     stage = _report_stage()
     assert stage["cmd"] == "python stages/report.py"
     outs = {name: options for out in stage["outs"] for name, options in out.items()}
+    # every file write_report writes, each written whole by it (not DVC-cached)
     assert outs == {
-        "reports/report.md": {"cache": False},
-        "reports/report.html": {"cache": False},
+        f"reports/{name}": {"cache": False} for name in (*REPORT_FILES, COMPARISONS_FILE)
     }
 
 

@@ -21,6 +21,11 @@ import yaml
 from mlflow import MlflowClient
 
 from medimg.config.params import load_params
+from medimg.evaluation.test_predictions import (
+    N_TEST_IMAGES_METRIC,
+    TEST_PREDICTIONS_FILE,
+    read_test_predictions,
+)
 from medimg.runner.bundle import BundleError, make_bundle
 from medimg.runner.importer import import_results
 from medimg.runner.results import ResultsError, RunnerManifest, SeedRecord, read_record
@@ -144,6 +149,10 @@ def test_runner_writes_whole_seed_folders_with_jax(chunks: list[Path]) -> None:
     assert metrics["test"]["accuracy"] == pytest.approx(record.test["accuracy"])
     for name in ("history.csv", "confusion_test.png", "roc_test.png", "training_curves.png"):
         assert (seed_dir / name).stat().st_size > 0
+    images = read_test_predictions(seed_dir / TEST_PREDICTIONS_FILE, ["NORMAL", "PNEUMONIA"])
+    assert images.labels.tolist() == predictions["test_y"].tolist()
+    assert np.allclose(images.proba, predictions["test_proba"], rtol=1e-6)
+    assert all(path.startswith("images/test/") for path in images.paths)
 
 
 def test_a_seed_past_the_time_budget_is_left_for_the_next_call(bundle, tmp_path) -> None:
@@ -177,7 +186,8 @@ def test_import_joins_chunks_under_one_parent_and_is_idempotent(
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "epoch_val_auc")]
         assert steps == [1, 2]
         files = {a.path for a in client.list_artifacts(child.info.run_id, "evaluation")}
-        assert "evaluation/result.json" in files
+        assert {"evaluation/result.json", f"evaluation/{TEST_PREDICTIONS_FILE}"} <= files
+        assert child.data.metrics[N_TEST_IMAGES_METRIC] == 60  # the sample's test set
 
 
 def test_import_of_a_folder_that_is_not_results_fails(tmp_path: Path) -> None:

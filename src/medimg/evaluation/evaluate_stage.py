@@ -19,14 +19,17 @@ refuses predictions made on other data. Writes reports/runs/<run>/:
     *.png                 confusion_test, roc_test, pr_test, predictions_test (best seed),
                           training_curves (all seeds)
     seeds/seed-<k>/       per seed: metrics.json (everything, with confusion matrices and
-                          the notes on undefined values) and the four test PNGs
+                          the notes on undefined values), test_predictions.csv (each test
+                          image's path, class and probabilities: the report's paired
+                          statistics read it) and the four test PNGs
 
 The best seed is the train stage's (summary.json "best_seed", chosen on validation
 data only), so the test set never picks the model it reports.
 
-MLflow: each child run (one per seed, made by the train stage) gets val_<metric> and
-test_<metric> metrics and its seeds/seed-<k>/ files under evaluation/; the parent run gets
-<split>_<metric>_{mean,std,min,max} and the top-level files. No run is created here.
+MLflow: each child run (one per seed, made by the train stage) gets val_<metric>,
+test_<metric> and n_test_images metrics and its seeds/seed-<k>/ files under evaluation/;
+the parent run gets <split>_<metric>_{mean,std,min,max} and the top-level files. No
+run is created here.
 """
 
 from __future__ import annotations
@@ -61,8 +64,17 @@ from medimg.evaluation.predictions import (
     data_fingerprint,
     read_predictions,
 )
-from medimg.evaluation.seed_evaluation import ensemble, evaluate_predictions
+from medimg.evaluation.seed_evaluation import (
+    ensemble,
+    evaluate_predictions,
+    save_test_predictions,
+)
 from medimg.evaluation.statistics import STD_DDOF
+from medimg.evaluation.test_predictions import (
+    N_TEST_IMAGES_METRIC,
+    TEST_PREDICTIONS_FILE,
+    prepared_test_paths,
+)
 
 SUMMARY_FILE = "summary.json"
 # What each summary.json "seeds" entry must give: the seed's predictions, not its
@@ -195,9 +207,11 @@ def _evaluate_seed(
     entry: dict[str, Any],
     data: PreparedData,
     fingerprint: str,
+    test_paths: list[str],
     out_dir: Path,
 ) -> dict[str, Any]:
-    """Judge one seed's val and test predictions; write its metrics.json and figures.
+    """Judge one seed's val and test predictions; write its metrics.json, per-image test
+    predictions (test_paths: each test row's image) and figures.
 
     Returns {"metrics": {split: classification_metrics}, "predictions": SplitPredictions}.
     """
@@ -206,6 +220,13 @@ def _evaluate_seed(
     metrics = evaluate_predictions(predictions, data.classes, run.decision_threshold)
     out_dir.mkdir(parents=True)
     _write_json(out_dir / "metrics.json", {"seed": seed, **metrics})
+    save_test_predictions(
+        out_dir / TEST_PREDICTIONS_FILE,
+        predictions,
+        data.classes,
+        run.decision_threshold,
+        test_paths,
+    )
     _write_test_figures(
         out_dir,
         metrics["test"],
@@ -389,10 +410,16 @@ def _evaluate_into(
     run_name, run = settings.name, settings.run
     per_seed: dict[int, dict[str, Any]] = {}
     fingerprint = data_fingerprint(data)  # once: every seed was predicted on the same arrays
+    try:
+        test_paths = prepared_test_paths(data.directory, data.split("test").y, data.classes)
+    except ValueError as err:
+        raise EvaluateError(
+            f"{err}; re-run the augment stage: dvc repro augment@{run.dataset}"
+        ) from None
     for entry in summary["seeds"]:
         seed = entry["seed"]
         per_seed[seed] = _evaluate_seed(
-            run_name, run, entry, data, fingerprint, _seed_dir(staging, seed)
+            run_name, run, entry, data, fingerprint, test_paths, _seed_dir(staging, seed)
         )
     combined = ensemble([result["predictions"] for result in per_seed.values()])
     ensemble_metrics = evaluate_predictions(combined, data.classes, run.decision_threshold)
@@ -430,9 +457,13 @@ def _log_evaluation(
             client,
             run_id,
             {
-                f"{split}_{name}": value
-                for split in EVALUATED_SPLITS
-                for name, value in scalar_metrics(metrics[split]).items()
+                **{
+                    f"{split}_{name}": value
+                    for split in EVALUATED_SPLITS
+                    for name, value in scalar_metrics(metrics[split]).items()
+                },
+                # the report states each side's test-set size beside a comparison
+                N_TEST_IMAGES_METRIC: metrics["test"]["n"],
             },
         )
         client.log_artifacts(run_id, str(_seed_dir(staging, seed)), ARTIFACT_DIR)

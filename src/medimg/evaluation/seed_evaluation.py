@@ -7,12 +7,15 @@ split never sets the threshold it is measured with.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from medimg.evaluation.metrics import classification_metrics, youden_threshold
+from medimg.evaluation.metrics import classification_metrics, predicted_classes, youden_threshold
 from medimg.evaluation.predictions import EVALUATED_SPLITS, SplitPredictions
+from medimg.evaluation.test_predictions import write_test_predictions
 
 DecisionRule = Literal["argmax", "youden_val"]
 
@@ -35,6 +38,21 @@ def evaluate_predictions(
         )
         for split in EVALUATED_SPLITS
     }
+
+
+def save_test_predictions(
+    path: Path,
+    predictions: SplitPredictions,
+    classes: list[str],
+    rule: DecisionRule,
+    image_paths: Sequence[str],
+) -> None:
+    """The seed's per-image test file (evaluation.test_predictions), its predicted classes
+    those its metrics counted: `rule`, with the threshold chosen on validation."""
+    predicted = predicted_classes(predictions.proba["test"], decision_threshold(rule, predictions))
+    write_test_predictions(
+        path, image_paths, predictions.y["test"], predicted, predictions.proba["test"], classes
+    )
 
 
 def ensemble(members: list[SplitPredictions]) -> SplitPredictions:

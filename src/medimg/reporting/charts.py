@@ -2,7 +2,9 @@
 
 Drawn with `matplotlib.figure.Figure` and the Agg renderer, never pyplot (no global
 state), as `medimg.evaluation.figures`. Every curve and matrix is the best seed's
-(chosen on validation data by the train stage) on the test split.
+(chosen on validation data by the train stage) on the test split. A configuration
+of the sample profile is labelled [sample] (Configuration.tagged_label): its curve
+tests the pipeline, not the model.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ def roc_overlay_png(classes: list[str], configs: Sequence[Configuration]) -> byt
             curve = _curve(config, class_name)
             if curve is not None:
                 fpr, tpr = curve
-                label = f"{config.label}: {auc(fpr, tpr):.3f}"
+                label = f"{config.tagged_label}: {auc(fpr, tpr):.3f}"
                 ax.plot(fpr, tpr, color=colour, lw=1.6, label=label)
         ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
         ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate")
@@ -109,7 +111,7 @@ def confusion_png(classes: list[str], configs: Sequence[Configuration]) -> bytes
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
         ax.set_yticks(range(len(names)), names, fontsize=8)
         ax.set(xlabel="predicted", ylabel="actual")
-        ax.set_title(config.label, fontsize=9)
+        ax.set_title(config.tagged_label, fontsize=9)
     for ax in axes[len(drawn) :]:
         ax.set_visible(False)
     return _png(fig)

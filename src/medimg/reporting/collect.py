@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -27,6 +28,12 @@ from mlflow.exceptions import MlflowException
 from medimg import paths, tracking
 from medimg.config.params import Params
 from medimg.evaluation.statistics import Summary, summarize
+from medimg.evaluation.test_predictions import (
+    N_TEST_IMAGES_METRIC,
+    TEST_PREDICTIONS_FILE,
+    TestPredictions,
+    read_test_predictions,
+)
 from medimg.reporting import ReportError
 
 SUMMARY_FILE = "summary.json"
@@ -35,6 +42,11 @@ IMPORTED_TAG = "medimg.imported"
 # Written by the evaluate stage on the parent run: the best seed's test predictions.
 ROC_ARTIFACT = "evaluation/roc_test.csv"
 CONFUSION_ARTIFACT = "evaluation/confusion_test.csv"
+# Written by the evaluate stage (and the GPU runner) on each child run: every test image.
+TEST_PREDICTIONS_ARTIFACT = f"evaluation/{TEST_PREDICTIONS_FILE}"
+# Logged per epoch by the train stage's callback (and the importer) on each child run.
+VAL_AUC_HISTORY_METRIC = "epoch_val_auc"
+SAMPLE_PROFILE = "sample"
 MLFLOW_UI_URL_ENV = "MLFLOW_UI_URL"
 DEFAULT_MLFLOW_UI_URL = "http://127.0.0.1:5000"
 PROGRESS_BAR_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
@@ -47,22 +59,31 @@ Status = Literal["evaluated", "not evaluated", "not trained"]
 class Configuration:
     """One training configuration's record: its parent run and one metrics dict per repeat.
 
+    classes: the dataset's classes, in its label order.
+    seeds: each repeat's seed, in the order of `children`.
     roc: the best seed's test ROC points (columns fpr, tpr, class), None when not logged.
     confusion: (K, K) test counts of the best seed, rows = actual, columns = predicted,
     in the dataset's class order; None when not logged.
+    test_predictions: each repeat's per-image test predictions, in the order of
+    `children`; None unless every repeat logged them.
+    val_auc_histories: each repeat's validation AUC per epoch ((), when not logged).
     """
 
     name: str
     dataset: str
     status: Status
+    classes: tuple[str, ...] = ()
     imported: bool = False
     experiment_id: str | None = None
     parent_run_id: str | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
     params: Mapping[str, str] = field(default_factory=dict)
     children: tuple[Mapping[str, float], ...] = ()
+    seeds: tuple[int, ...] = ()
     roc: pd.DataFrame | None = None
     confusion: np.ndarray | None = None
+    test_predictions: tuple[TestPredictions, ...] | None = None
+    val_auc_histories: tuple[tuple[float, ...], ...] = ()
 
     def tag(self, key: str) -> str:
         """Tag medimg.<key>, "unknown" when the run does not carry it."""
@@ -72,6 +93,16 @@ class Configuration:
     def label(self) -> str:
         """The run name, and for an imported run where it was trained."""
         return f"{self.name} (imported, {self.tag('device')})" if self.imported else self.name
+
+    @property
+    def is_sample(self) -> bool:
+        """Trained on the embedded sample: its numbers test the pipeline, not the model."""
+        return self.tag("profile") == SAMPLE_PROFILE
+
+    @property
+    def tagged_label(self) -> str:
+        """The label, with [sample] for a sample-profile configuration (tables, figures)."""
+        return f"{self.label} [sample]" if self.is_sample else self.label
 
     def summary(self, metric: str) -> Summary | None:
         """`metric` over the repeats; None unless every repeat logged a finite value of it."""
@@ -101,6 +132,17 @@ class Configuration:
     def epochs(self) -> int | None:
         value = self.params.get("run.epochs")
         return None if value is None else int(value)
+
+    @property
+    def test_images(self) -> int | None:
+        """The test-set size: the repeats' n_test_images, else their per-image predictions.
+
+        None when neither was logged, or when the repeats disagree (then no size is true).
+        """
+        sizes = {child.get(N_TEST_IMAGES_METRIC) for child in self.children}
+        if self.test_predictions is not None:
+            sizes = (sizes - {None}) | {len(p) for p in self.test_predictions}
+        return int(sizes.pop()) if len(sizes) == 1 and None not in sizes else None
 
     @property
     def weights(self) -> str:
@@ -157,11 +199,41 @@ def _without_progress_bars() -> Iterator[None]:
 
 
 def _read_csv_artifact(client: MlflowClient, run_id: str, path: str) -> pd.DataFrame | None:
+    with tempfile.TemporaryDirectory() as tmp:
+        downloaded = _download(client, run_id, path, tmp)
+        return None if downloaded is None else pd.read_csv(downloaded)
+
+
+def _download(client: MlflowClient, run_id: str, path: str, tmp: str) -> Path | None:
+    """The artifact `path` of a run downloaded under `tmp`; None when the run has none."""
     folder = path.rsplit("/", 1)[0]
     if path not in {info.path for info in client.list_artifacts(run_id, folder)}:
         return None
-    with tempfile.TemporaryDirectory() as tmp, _without_progress_bars():
-        return pd.read_csv(client.download_artifacts(run_id, path, tmp))
+    with _without_progress_bars():
+        return Path(client.download_artifacts(run_id, path, tmp))
+
+
+def _test_predictions(
+    client: MlflowClient, children: list[Run], classes: list[str]
+) -> tuple[TestPredictions, ...] | None:
+    """Each child's per-image test predictions; None unless every child logged them."""
+    found = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for child in children:
+            run_id = child.info.run_id
+            path = _download(client, run_id, TEST_PREDICTIONS_ARTIFACT, tmp)
+            if path is None:
+                return None
+            try:
+                found.append(read_test_predictions(path, classes))
+            except ValueError as err:
+                raise ReportError(f"run {run_id} {TEST_PREDICTIONS_ARTIFACT}: {err}") from None
+    return tuple(found)
+
+
+def _val_auc_history(client: MlflowClient, run_id: str) -> tuple[float, ...]:
+    history = client.get_metric_history(run_id, VAL_AUC_HISTORY_METRIC)
+    return tuple(m.value for m in sorted(history, key=lambda m: (m.step, m.timestamp)))
 
 
 def _confusion_counts(frame: pd.DataFrame, classes: list[str], where: str) -> np.ndarray:
@@ -189,24 +261,29 @@ def _configuration(
     )
     metrics = tuple(dict(child.data.metrics) for child in children)
     evaluated = bool(metrics) and all("test_accuracy" in m for m in metrics)
-    roc = confusion = None
+    roc = confusion = test_predictions = None
     if evaluated:
         roc = _read_csv_artifact(client, run_id, ROC_ARTIFACT)
         rows = _read_csv_artifact(client, run_id, CONFUSION_ARTIFACT)
         if rows is not None:
             confusion = _confusion_counts(rows, classes, f"run {run_id} {CONFUSION_ARTIFACT}")
+        test_predictions = _test_predictions(client, children, classes)
     return Configuration(
         name=parent.data.tags.get("medimg.run", parent.info.run_name),
         dataset=dataset,
         status="evaluated" if evaluated else "not evaluated",
+        classes=tuple(classes),
         imported=imported,
         experiment_id=experiment_id,
         parent_run_id=run_id,
         tags=dict(parent.data.tags),
         params=dict(parent.data.params),
         children=metrics,
+        seeds=tuple(int(child.data.tags.get("medimg.seed", 0)) for child in children),
         roc=roc,
         confusion=confusion,
+        test_predictions=test_predictions,
+        val_auc_histories=tuple(_val_auc_history(client, c.info.run_id) for c in children),
     )
 
 
@@ -259,7 +336,11 @@ def collect_configurations(client: MlflowClient, params: Params) -> list[Configu
         parent = _parent_of_summary(client, run_name)
         classes = params.dataset(run.dataset).classes
         if parent is None:
-            found.append(Configuration(name=run_name, dataset=run.dataset, status="not trained"))
+            found.append(
+                Configuration(
+                    name=run_name, dataset=run.dataset, status="not trained", classes=tuple(classes)
+                )
+            )
         else:
             found.append(_configuration(client, parent, run.dataset, classes, imported=False))
     for dataset, experiment_id in experiments.items():

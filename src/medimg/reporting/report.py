@@ -7,9 +7,11 @@ run `medimg report` by hand after an import.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from medimg import atomic, paths, tracking
 from medimg.config.params import Params, parse_params
@@ -17,9 +19,18 @@ from medimg.evaluation.statistics import CONFIDENCE
 from medimg.inference.captions import display_name
 from medimg.reporting import charts
 from medimg.reporting.collect import Configuration, collect_configurations, open_store
+from medimg.reporting.comparisons import (
+    Comparison,
+    compare,
+    comparison_records,
+    method_description,
+)
+from medimg.reporting.differences import BOOTSTRAP_REPLICATES
+from medimg.reporting.flags import AUC_STUCK_TOLERANCE, model_flags
 from medimg.reporting.render import FigureImage, Report, Section, to_html, to_markdown
 from medimg.reporting.tables import (
     Settings,
+    comparison_table,
     detail_table,
     is_reduced,
     protocol_table,
@@ -29,13 +40,20 @@ from medimg.reporting.tables import (
 from medimg.reporting.thesis import THESIS_RESULTS_FILE, ThesisResults, load_thesis_results
 
 REPORT_FILES = ("report.md", "report.html")
+# The comparisons of the report, machine-readable (one entry per pair and setting).
+COMPARISONS_FILE = "comparisons.json"
 # The profile whose image sizes and epochs are the thesis's; smaller ones are "reduced".
 FULL_PROFILE = "full"
-SAMPLE_PROFILE = "sample"
 SAMPLE_BANNER = (
-    "Rows marked [sample] were trained on the embedded sample (profile: sample): "
-    "their numbers test the pipeline, not the models. Only full-size rows compare "
-    "with the thesis."
+    "Rows and figures marked [sample] were trained on the embedded sample (profile: "
+    "sample): their numbers test the pipeline, not the models. Only full-size rows "
+    "compare with the thesis."
+)
+FLAG_BANNER = (
+    "Rows marked [single class] hold a repeat that called every test image one class; "
+    f"[val AUC stuck at 0.5] one whose validation AUC never rose above "
+    f"{0.5 + AUC_STUCK_TOLERANCE:.2f}: such a model did not learn, whatever its accuracy. "
+    "Each dataset's section names the repeats."
 )
 REDUCED_BANNER = (
     "Rows marked 'reduced' used smaller images or fewer epochs than the full profile "
@@ -65,6 +83,11 @@ def _ordered(names: Sequence[str], configs: Sequence[Configuration]) -> list[Con
     return sorted(configs, key=lambda c: rank.get(c.name, len(rank)))
 
 
+def _sample_tag(configs: Sequence[Configuration]) -> str:
+    """ " [sample]" when a configuration drawn in a figure is of the sample profile."""
+    return " [sample]" if any(c.is_sample for c in configs) else ""
+
+
 def _figures(classes: list[str], configs: Sequence[Configuration]) -> tuple[FigureImage, ...]:
     figures = []
     roc = charts.roc_overlay_png(classes, configs)
@@ -77,7 +100,8 @@ def _figures(classes: list[str], configs: Sequence[Configuration]) -> tuple[Figu
         )
         figures.append(
             FigureImage(
-                "ROC curves on the test split",
+                "ROC curves on the test split"
+                + _sample_tag([c for c in configs if c.roc is not None]),
                 f"Each configuration's best seed (chosen on validation data); {per_class}. "
                 "The legend gives the area under each curve.",
                 roc,
@@ -87,7 +111,8 @@ def _figures(classes: list[str], configs: Sequence[Configuration]) -> tuple[Figu
     if confusion is not None:
         figures.append(
             FigureImage(
-                "Confusion matrices on the test split",
+                "Confusion matrices on the test split"
+                + _sample_tag([c for c in configs if c.confusion is not None]),
                 "Each configuration's best seed: counts, coloured and labelled by the share "
                 "of the actual class (rows).",
                 confusion,
@@ -102,8 +127,10 @@ def dataset_section(
     thesis: ThesisResults,
     configs: Sequence[Configuration],
     full: dict[str, Settings],
+    comparisons: Sequence[Comparison] = (),
 ) -> Section:
-    """Tables and figures of one dataset: the thesis comparison, details, protocols."""
+    """Tables and figures of one dataset: the thesis comparison, details, protocols,
+    the comparisons with their intervals; notes name the repeats that did not learn."""
     configs = _ordered(thesis.compared_runs(dataset), configs)
     published = thesis.datasets.get(dataset)
     title = published.title if published else dataset
@@ -114,12 +141,43 @@ def dataset_section(
     group = thesis.protocol_comparisons.get(dataset, [])
     if group and any(c.name in group for c in configs):
         tables.append(protocol_table(title, group, configs))
+    if comparisons:
+        tables.append(comparison_table(title, comparisons))
+    notes = [f"Warning, {flag.detail}" for c in configs for flag in model_flags(c)]
+    if not configs:
+        notes.append("No configuration of this dataset in params.yaml or MLflow.")
     return Section(
         title=f"{title} ({dataset})",
         tables=tuple(tables),
         figures=_figures(classes, configs),
-        notes=() if configs else ("No configuration of this dataset in params.yaml or MLflow.",),
+        notes=tuple(notes),
     )
+
+
+def compare_all(
+    params: Params, configs: Sequence[Configuration], thesis: ThesisResults
+) -> dict[str, list[Comparison]]:
+    """thesis_results.yaml's comparisons of each dataset of params.yaml, measured."""
+    return {
+        dataset: compare(
+            dataset,
+            thesis.comparisons.get(dataset, []),
+            [c for c in configs if c.dataset == dataset],
+        )
+        for dataset in params.datasets
+    }
+
+
+def comparisons_document(
+    comparisons: Mapping[str, Sequence[Comparison]], tracking_uri: str, generated: datetime
+) -> dict[str, Any]:
+    """reports/comparisons.json: the method, then one entry per compared pair and setting."""
+    return {
+        "generated": generated.strftime("%Y-%m-%d %H:%M UTC"),
+        "tracking_uri": tracking_uri,
+        "method": method_description(),
+        "comparisons": comparison_records([c for group in comparisons.values() for c in group]),
+    }
 
 
 def build_report(
@@ -128,19 +186,40 @@ def build_report(
     thesis: ThesisResults,
     tracking_uri: str,
     generated: datetime,
+    comparisons: Mapping[str, Sequence[Comparison]] | None = None,
 ) -> Report:
+    """The report of `configs`; `comparisons` (compare_all's) are measured here when None."""
     full = full_settings(params)
+    if comparisons is None:
+        comparisons = compare_all(params, configs, thesis)
     banners = []
-    if any(c.tag("profile") == SAMPLE_PROFILE for c in configs):
+    if any(c.is_sample for c in configs):
         banners.append(SAMPLE_BANNER)
-    if any(c.tag("profile") != SAMPLE_PROFILE and is_reduced(c, full.get(c.name)) for c in configs):
+    if any(not c.is_sample and is_reduced(c, full.get(c.name)) for c in configs):
         banners.append(REDUCED_BANNER)
+    if any(model_flags(c) for c in configs):
+        banners.append(FLAG_BANNER)
     notes = (
         f"Thesis figures: {thesis.source}. {thesis.protocol}",
         "Ours: generated from the MLflow runs, each configuration trained 'repeats' times "
         f"(seeds seed, seed+1, ...). Mean ± sample std (ddof 1); {100 * CONFIDENCE:.0f} % "
         "confidence interval: Student's t over the repeats' values, "
-        "mean ± t(0.975, n−1)·std/√n; none with one repeat.",
+        "mean ± t(0.975, n−1)·std/√n; none with one repeat. It measures the spread "
+        "of the trainings only.",
+        "Comparisons (Δ between two of our configurations): each Δ comes with a "
+        f"{100 * CONFIDENCE:.0f} % interval from a two-level bootstrap "
+        f"({BOOTSTRAP_REPLICATES} replicates, fixed seed: the same runs give the same "
+        "report) that resamples the test images within each class and, independently per "
+        "side, the repeat trainings, because a difference has two sources of chance: the "
+        "trainings, and which images a test set of tens or hundreds holds. When both were "
+        "tested on the same images (the evaluate stage logs each repeat's per-image "
+        "predictions with the images' paths), the images are resampled together (paired), "
+        "which keeps the models' shared hard cases together; on different test sets "
+        "(other split protocols) each side resamples its own. For two classes, DeLong's "
+        "test of the ensembles' ROC AUC (the standard test for two AUCs on one test set) "
+        "adds a p-value. A comparison of runs trained differently (epochs, image size, "
+        "test-set size, protocol, profile or device, beyond what it tests) is marked not "
+        "like-for-like. Pairs and what each tests: thesis_results.yaml.",
         "Split protocols: official = the dataset's published test set, patient-grouped "
         "validation; pooled = a re-split with every patient and duplicate cluster on one "
         "side; thesis = the thesis's protocol (leaky).",
@@ -152,7 +231,11 @@ def build_report(
     sections = []
     for dataset, config in params.datasets.items():
         of_dataset = [c for c in configs if c.dataset == dataset]
-        sections.append(dataset_section(dataset, config.classes, thesis, of_dataset, full))
+        sections.append(
+            dataset_section(
+                dataset, config.classes, thesis, of_dataset, full, comparisons.get(dataset, ())
+            )
+        )
     return Report(
         title="medimg report: the thesis's results and ours",
         generated=generated.strftime("%Y-%m-%d %H:%M UTC"),
@@ -172,7 +255,8 @@ def _write_files(contents: dict[Path, str]) -> None:
 
 
 def write_report(params: Params, thesis_file: Path = THESIS_RESULTS_FILE) -> list[Path]:
-    """Read the runs of `params` from MLflow; write reports/report.{md,html}; return the paths.
+    """Read the runs of `params` from MLflow; write reports/report.{md,html} and
+    reports/comparisons.json; return the paths.
 
     Raises ReportError (bad thesis file, summary.json naming a run the store lacks)
     or TrackingError (store unreachable) before anything is written.
@@ -181,9 +265,16 @@ def write_report(params: Params, thesis_file: Path = THESIS_RESULTS_FILE) -> lis
     uri = tracking.tracking_uri()
     client = open_store(uri)
     configs = collect_configurations(client, params)
+    comparisons = compare_all(params, configs, thesis)
     # Masked: a server URI may carry a password, and the report is meant to be shared.
-    report = build_report(params, configs, thesis, tracking.masked_uri(uri), datetime.now(UTC))
-    markdown, html = to_markdown(report), to_html(report)
-    targets = [report_dir() / name for name in REPORT_FILES]
-    _write_files(dict(zip(targets, (markdown, html), strict=True)))
+    masked, generated = tracking.masked_uri(uri), datetime.now(UTC)
+    report = build_report(params, configs, thesis, masked, generated, comparisons)
+    document = comparisons_document(comparisons, masked, generated)
+    texts = (
+        to_markdown(report),
+        to_html(report),
+        json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False) + "\n",
+    )
+    targets = [report_dir() / name for name in (*REPORT_FILES, COMPARISONS_FILE)]
+    _write_files(dict(zip(targets, texts, strict=True)))
     return targets

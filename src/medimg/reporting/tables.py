@@ -11,9 +11,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from medimg.evaluation.statistics import Summary, t_critical
+from medimg.evaluation.statistics import CONFIDENCE, Summary, t_critical
 from medimg.inference.captions import display_name
 from medimg.reporting.collect import Configuration
+from medimg.reporting.comparisons import SETTINGS, Comparison
+from medimg.reporting.differences import BOOTSTRAP_REPLICATES, Interval
+from medimg.reporting.flags import model_flags
 from medimg.reporting.thesis import ThesisRow, ThesisTable
 
 DASH = "—"
@@ -22,7 +25,8 @@ PROTOCOL_LABELS = {
     "official": "official (leak-free)",
     "pooled": "pooled (leak-free)",
 }
-RowKind = Literal["thesis", "ours", "missing", "heading"]
+# "unlike": a comparison of configurations trained differently (not like-for-like)
+RowKind = Literal["thesis", "ours", "missing", "heading", "unlike"]
 
 
 @dataclass(frozen=True)
@@ -98,10 +102,14 @@ def is_reduced(config: Configuration, full: Settings | None) -> bool:
 
 
 def settings_label(config: Configuration, full: Settings | None) -> str:
-    """e.g. "sample: 64 px, 10 epochs (reduced; full: 600 px, 20 epochs)"."""
+    """e.g. "sample: 64 px, 10 epochs, 60 test images (reduced; full: 600 px, 20 epochs)"."""
     known = [
         f"{value} {unit}"
-        for value, unit in ((config.image_size, "px"), (config.epochs, "epochs"))
+        for value, unit in (
+            (config.image_size, "px"),
+            (config.epochs, "epochs"),
+            (config.test_images, "test images"),
+        )
         if value is not None
     ]
     text = config.tag("profile") + (": " + ", ".join(known) if known else "")
@@ -110,9 +118,13 @@ def settings_label(config: Configuration, full: Settings | None) -> str:
     return text
 
 
+def flagged_label(config: Configuration) -> str:
+    """The label with its tags: [sample], and a warning such as [single class]."""
+    return config.tagged_label + "".join(f" [{flag.tag}]" for flag in model_flags(config))
+
+
 def _name_cell(config: Configuration) -> Cell:
-    sample = " [sample]" if config.tag("profile") == "sample" else ""
-    return Cell(config.label + sample, config.ui_url())
+    return Cell(flagged_label(config), config.ui_url())
 
 
 def _missing_row(name: str, width: int, status: str = "not run") -> Row:
@@ -213,8 +225,11 @@ def thesis_table(
             "Ours: mean ± std over the repeat trainings; the interval is Student's t "
             f"over the repeats' values (none with one repeat; t = {t_critical(2):.2f} for 2 "
             "repeats, so the interval is wide and can leave 0–100 %; "
-            f"{t_critical(5):.2f} for 5). Train accuracy is at the kept (best validation AUC) "
-            "epoch. Δ: our mean minus the thesis figure.",
+            f"{t_critical(5):.2f} for 5). It covers the spread of the trainings only, not "
+            "the chance in which images the test set holds: the comparisons table's "
+            "intervals cover both. Train accuracy is at the kept (best validation AUC) "
+            "epoch. Δ: our mean minus the thesis figure, which comes with no spread, so "
+            "this Δ has no interval: read it against our row's interval.",
         ),
     )
 
@@ -257,73 +272,177 @@ def detail_table(dataset_title: str, classes: list[str], configs: Sequence[Confi
     )
 
 
-def _same_setting(a: Configuration, b: Configuration) -> bool:
-    """Trained the same way apart from the split: same origin, device and profile."""
-    return (a.imported, a.tag("device"), a.tag("profile")) == (
-        b.imported,
-        b.tag("device"),
-        b.tag("profile"),
-    )
-
-
-def _compared_cells(config: Configuration, reference: Configuration | None) -> tuple[Cell, ...]:
-    """Test accuracy and ROC AUC of `config`, each followed by its difference to `reference`."""
-    cells: list[Cell] = []
-    for key, as_percent in (("test_accuracy", True), ("test_roc_auc", False)):
-        ours = config.summary(key)
-        theirs = reference.summary(key) if reference else None
-        if reference is config:
-            delta = "reference"
-        else:
-            delta = difference(
-                ours.mean if ours else None, theirs.mean if theirs else None, as_percent
-            )
-        cells += [Cell(mean_std(ours, as_percent)), Cell(delta)]
-    return tuple(cells)
-
-
 def protocol_table(
     dataset_title: str, names: Sequence[str], configs: Sequence[Configuration]
 ) -> Table:
-    """The configurations of `names` side by side; Δ against the first (thesis protocol).
+    """The configurations of `names` side by side, with the settings that make them differ.
 
-    A row is compared with the first name's configuration of the same origin, device
-    and profile, so that a sample run is never set against a full one.
+    No difference is computed here: the comparisons table gives each with its interval
+    and says whether the two were trained alike.
     """
     columns = (
         "configuration",
         "split protocol",
+        "profile: settings",
+        "repeats",
         "test accuracy",
-        f"Δ accuracy vs {names[0]}",
         "test ROC AUC",
-        f"Δ ROC AUC vs {names[0]}",
     )
-    by_name = _rows_of(names, configs)
-    references = [c for c in by_name[names[0]] if c.status == "evaluated"]
     rows = []
-    for name, matching in by_name.items():
+    for name, matching in _rows_of(names, configs).items():
         if not matching:
             rows.append(_missing_row(name, len(columns)))
         for config in matching:
             if config.parent_run_id is None:
                 rows.append(_missing_row(config.label, len(columns), config.status))
                 continue
-            head = (_name_cell(config), Cell(protocol_label(config)))
+            head = (
+                _name_cell(config),
+                Cell(protocol_label(config)),
+                Cell(settings_label(config, None)),
+                Cell(str(len(config.children))),
+            )
             if config.status != "evaluated":
-                rows.append(Row(head + _status_cells(config, len(columns) - 2)))
+                rows.append(Row(head + _status_cells(config, len(columns) - len(head))))
                 continue
-            reference = next((r for r in references if _same_setting(r, config)), None)
-            rows.append(Row(head + _compared_cells(config, reference)))
+            cells = (
+                Cell(mean_std(config.summary("test_accuracy"), as_percent=True)),
+                Cell(mean_std(config.summary("test_roc_auc"), as_percent=False)),
+            )
+            rows.append(Row(head + cells))
     return Table(
         caption=f"{dataset_title}: the thesis's split protocol and leakage-free ones",
         columns=columns,
         rows=tuple(rows),
         notes=(
-            f"Δ: this row's mean minus that of {names[0]} trained in the same setting "
-            "(origin, device, profile). The thesis protocol can put a patient or a "
-            "duplicate image on both sides of the split; official and pooled cannot.",
+            "The thesis protocol can put a patient or a duplicate image on both sides of "
+            "the split; official and pooled cannot. Each protocol has its own test set. "
+            "The differences between these rows, with intervals and whether the runs were "
+            "trained alike, are in the comparisons table.",
         ),
     )
+
+
+def _signed(value: float, as_percent: bool) -> str:
+    return f"{100 * value:+.2f}" if as_percent else f"{value:+.3f}"
+
+
+def delta_with_interval(
+    difference: float | None, interval: Interval | None, as_percent: bool
+) -> str:
+    """ "+5.00 pp [−3.33, +13.33]" or "+0.020 [−0.031, +0.071]"; "(no interval)" without one."""
+    if difference is None:
+        return DASH
+    unit = " pp" if as_percent else ""
+    text = _signed(difference, as_percent) + unit
+    if interval is None:
+        return f"{text} (no interval)"
+    return f"{text} [{_signed(interval.low, as_percent)}, {_signed(interval.high, as_percent)}]"
+
+
+def _setting_values(differences: dict, suffix: str = "") -> list[str]:
+    """ "epochs 10 vs 2" per differing setting (reference's value first); a value the run
+    did not record reads "unknown" (and differs: the two cannot be shown to be alike)."""
+    return [
+        f"{SETTINGS[name][0]} {_known(reference)} vs {_known(candidate)}{suffix}"
+        for name, (reference, candidate) in differences.items()
+    ]
+
+
+def _known(value: object) -> str:
+    return "unknown" if value is None else str(value)
+
+
+def _alike_cell(comparison: Comparison) -> Cell:
+    intended = _setting_values(comparison.intended, " (intended)")
+    if comparison.like_for_like:
+        return Cell("; ".join(["yes", *intended]))
+    return Cell("; ".join(["NO: " + "; ".join(_setting_values(comparison.differs)), *intended]))
+
+
+def _pairing_cell(comparison: Comparison) -> Cell:
+    sizes = [side.test_images for side in (comparison.reference, comparison.candidate)]
+    if comparison.note is not None:
+        return Cell(comparison.note)
+    if comparison.paired:
+        return Cell(f"paired: the same {sizes[0]}")
+    return Cell(f"unpaired: {sizes[0]} vs {sizes[1]}")
+
+
+def _delong_cell(comparison: Comparison) -> Cell:
+    test = comparison.delong
+    if test is None:
+        return Cell(DASH)
+    if test.p_value is None:
+        return Cell(f"{DASH} (variance 0)")
+    return Cell("< 0.001" if test.p_value < 0.001 else f"{test.p_value:.3f}")
+
+
+COMPARISON_COLUMNS = (
+    "candidate − reference",
+    "tests",
+    "like-for-like (reference vs candidate)",
+    "test images",
+    f"Δ test accuracy [{100 * CONFIDENCE:.0f} % CI]",
+    f"Δ test ROC AUC [{100 * CONFIDENCE:.0f} % CI]",
+    "DeLong p (ensemble AUC)",
+)
+
+
+def comparison_table(dataset_title: str, comparisons: Sequence[Comparison]) -> Table:
+    """One row per compared pair and setting: Δ with its interval, and whether it is fair."""
+    rows = []
+    for comparison in comparisons:
+        spec = comparison.spec
+        if comparison.reference is None or comparison.candidate is None:
+            name = f"{spec.candidate} − {spec.reference}"
+            cells = (Cell(name), Cell(spec.tests), Cell(comparison.status))
+            rows.append(Row(cells + (Cell(DASH),) * 4, kind="missing"))
+            continue
+        name = f"{flagged_label(comparison.candidate)} − {flagged_label(comparison.reference)}"
+        accuracy, auc = (
+            delta_with_interval(
+                comparison.difference(metric), comparison.intervals.get(metric), percent
+            )
+            for metric, percent in (("accuracy", True), ("roc_auc", False))
+        )
+        cells = (
+            Cell(name),
+            Cell(spec.tests),
+            _alike_cell(comparison),
+            _pairing_cell(comparison),
+            Cell(accuracy),
+            Cell(auc),
+            _delong_cell(comparison),
+        )
+        rows.append(Row(cells, kind="ours" if comparison.like_for_like else "unlike"))
+    return Table(
+        caption=f"{dataset_title}: comparisons, with how sure each difference is",
+        columns=COMPARISON_COLUMNS,
+        rows=tuple(rows),
+        notes=COMPARISON_NOTES,
+    )
+
+
+COMPARISON_NOTES = (
+    "Δ: the candidate's mean over its repeat trainings minus the reference's, of the "
+    "same origin, device and profile. Like-for-like: epochs, image size, test-set size, "
+    "split protocol, profile and device are equal, except those the pair is meant to "
+    "change (marked 'intended', e.g. the split protocol and with it the test set); "
+    "otherwise the row says NO and what differs, and its Δ mixes the tested change with "
+    "those differences.",
+    f"Interval: {100 * CONFIDENCE:.0f} % two-level bootstrap ({BOOTSTRAP_REPLICATES} "
+    "replicates, percentile): each replicate resamples the test images within each "
+    "class and each side's repeats. Paired: both were tested on the same images in the "
+    "same order (their per-image predictions name the same files), and each replicate "
+    "draws the same images for both, which keeps the two models' shared hard cases "
+    "together; unpaired: each side resamples its own test set. A side with one repeat "
+    "adds no training spread. An interval that excludes 0 is a difference larger than "
+    "the chance of the trainings and of the test set would give.",
+    "DeLong p (two classes only): DeLong's test of the ROC AUC of each side's "
+    "seed-averaged probabilities (the ensemble), paired or unpaired as the images; the "
+    "intervals are per comparison, not adjusted for the several comparisons made.",
+)
 
 
 def _duration(seconds: float | None) -> str:

@@ -26,6 +26,8 @@ from mlflow.entities import Metric, Param
 from medimg import tracking
 from medimg.config.runs import RunConfig
 from medimg.evaluation.metrics import aggregate
+from medimg.evaluation.predictions import PREDICTIONS_FILE, read_predictions
+from medimg.evaluation.test_predictions import N_TEST_IMAGES_METRIC
 from medimg.runner.results import (
     HISTORY_FILE,
     MANIFEST_FILE,
@@ -97,7 +99,18 @@ def _parent(
     return run.info.run_id
 
 
-def _seed_metrics(seed: SeedRecord, history: pd.DataFrame, stamp: int) -> list[Metric]:
+def _n_test_images(folder: Path) -> int:
+    """The seed's test-set size, from its predictions.npz (every runner version writes it)."""
+    try:
+        predictions, _ = read_predictions(folder / PREDICTIONS_FILE)
+    except (OSError, ValueError) as err:
+        raise ResultsError(str(err)) from None  # the message names the file
+    return len(predictions.y["test"])
+
+
+def _seed_metrics(
+    seed: SeedRecord, history: pd.DataFrame, n_test_images: int, stamp: int
+) -> list[Metric]:
     metrics = [
         Metric(f"epoch_{column}", float(value), stamp, int(epoch) + 1)
         for column in history.columns
@@ -117,6 +130,7 @@ def _seed_metrics(seed: SeedRecord, history: pd.DataFrame, stamp: int) -> list[M
         "images_per_second": seed.images_per_second,
         **{f"val_{k}": v for k, v in seed.val.items()},
         **{f"test_{k}": v for k, v in seed.test.items()},
+        N_TEST_IMAGES_METRIC: n_test_images,
     }
     return metrics + [Metric(k, float(v), stamp, 0) for k, v in values.items()]
 
@@ -157,7 +171,8 @@ def _import_seed(
     }
     params = [Param(k, v) for k, v in tracking.flatten_params(effective).items()]
     history = pd.read_csv(folder / HISTORY_FILE)
-    _log(client, child, _seed_metrics(seed, history, stamp), params)
+    metrics = _seed_metrics(seed, history, _n_test_images(folder), stamp)
+    _log(client, child, metrics, params)
     client.log_artifacts(child, str(folder), "evaluation")
     client.set_terminated(child, "FINISHED", end_time=stamp + int(seed.train_seconds * 1000))
     return seed

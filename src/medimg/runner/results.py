@@ -13,6 +13,8 @@
       <run>/seed-<k>/history.csv   one row per epoch (as fit_one_seed writes it)
       <run>/seed-<k>/predictions.npz  y and class probabilities of val and test, and
                                    the data's fingerprint (evaluation/predictions.py)
+      <run>/seed-<k>/test_predictions.csv  each test image's path, class, predicted class
+                                   and probabilities (evaluation/test_predictions.py)
       <run>/seed-<k>/*.png       confusion, ROC and PR curves of test, training curves
 
 A seed folder appears whole or not at all (atomic.building), so a call cut off by

@@ -121,7 +121,8 @@ def train_and_evaluate_seed(run: RunConfig, data, work: Path, seed: int, out: Pa
     from medimg.evaluation import figures
     from medimg.evaluation.metrics import roc_points, scalar_metrics
     from medimg.evaluation.predictions import data_fingerprint, predict_splits, save_predictions
-    from medimg.evaluation.seed_evaluation import evaluate_predictions
+    from medimg.evaluation.seed_evaluation import evaluate_predictions, save_test_predictions
+    from medimg.evaluation.test_predictions import TEST_PREDICTIONS_FILE, prepared_test_paths
     from medimg.inference.keras_model import load_model
     from medimg.training.fit import fit_one_seed
 
@@ -130,6 +131,13 @@ def train_and_evaluate_seed(run: RunConfig, data, work: Path, seed: int, out: Pa
     metrics = evaluate_predictions(predictions, data.classes, run.decision_threshold)
     with atomic.building(out) as staging:
         save_predictions(staging / PREDICTIONS_FILE, predictions, data_fingerprint(data))
+        save_test_predictions(
+            staging / TEST_PREDICTIONS_FILE,
+            predictions,
+            data.classes,
+            run.decision_threshold,
+            prepared_test_paths(data.directory, predictions.y["test"], data.classes),
+        )
         (staging / SEED_METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=float))
         shutil.copy2(work / f"seed-{seed}" / HISTORY_FILE, staging / HISTORY_FILE)
         figures.save_confusion_matrix(
