@@ -19,6 +19,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from medimg.inference import DEFAULT_MIN_SIZE
+
 PARAMS_FILE = "params.yaml"
 
 
@@ -48,6 +50,11 @@ class FetchConfig(_Strict):
         None, description="source split -> class -> number of images"
     )
     on_bad_image: Literal["fail", "skip"] = "fail"
+    min_image_size: Annotated[int, Field(ge=1)] = Field(
+        DEFAULT_MIN_SIZE,
+        description="an image whose shorter side has fewer pixels is a bad file (predict "
+        "refuses it too: medimg.inference.DEFAULT_MIN_SIZE)",
+    )
     timeout_s: Annotated[float, Field(gt=0)] = 60.0
     retries: Annotated[int, Field(ge=0)] = 3
 

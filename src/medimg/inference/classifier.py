@@ -122,13 +122,14 @@ class ImageClassifier:
     @classmethod
     def from_files(cls, model_file: Path, preprocessing_file: Path) -> ImageClassifier:
         """Load model.keras (without compile state) and its preprocessing.json."""
-        from medimg.training.predict import load_model
+        from medimg.training.predict import ModelFileError, load_model
 
         preprocessing = read_preprocessing(preprocessing_file)
         try:
             model = load_model(model_file)
-        except (OSError, ValueError) as err:
-            raise PredictError(f"{model_file}: not a loadable Keras model ({err})") from None
+        # Missing, damaged, foreign or hostile: one line naming the file either way.
+        except (FileNotFoundError, ModelFileError) as err:
+            raise PredictError(str(err)) from None
         return cls(model, preprocessing, name=str(model_file.parent))
 
     @classmethod

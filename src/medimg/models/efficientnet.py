@@ -20,7 +20,8 @@ DOWNLOAD_TIMEOUT_S = 30
 
 
 class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights were asked for and cannot be had (offline, no cached file)."""
+    """Pretrained weights were asked for and cannot be had (offline, no cached file, or a
+    weights file that does not load)."""
 
 
 def keras_cache_file(name: str) -> Path:
@@ -50,6 +51,11 @@ def _efficientnet_base(x: keras.KerasTensor, weights: str) -> keras.Model:
         finally:
             socket.setdefaulttimeout(previous_timeout)
     except Exception as err:  # Keras raises a bare Exception for a failed download
+        if kind == "file":  # h5py's OSError, Keras's ValueError: one line naming the file
+            raise WeightsUnavailableError(
+                f"model_options.weights = {weights!r}: not a loadable EfficientNetB0 weights "
+                f"file ({type(err).__name__}: {' '.join(str(err).split())[:200]})"
+            ) from None
         if weights != "imagenet" or keras_cache_file(IMAGENET_FILE).is_file():
             raise
         raise WeightsUnavailableError(
