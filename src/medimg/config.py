@@ -84,6 +84,13 @@ class SplitConfig(_Strict):
         description="a candidate pair is one image when its 256-bit difference hashes (whole "
         "image or non-black content, the closer) differ in at most this many bits",
     )
+    consecutive_max_dhash_distance: Annotated[int, Field(ge=0, le=256)] | None = Field(
+        None,
+        description="files of one folder numbered n and n + 1 in one name (gg (542).jpg, gg "
+        "(543).jpg: adjacent slices of one scan) join one leak group when their 256-bit "
+        "difference hashes (whole image or non-black content, the closer) differ in at most "
+        "this many bits; null turns the check off",
+    )
     seed: Seed = 42
 
     @model_validator(mode="after")
@@ -96,6 +103,15 @@ class SplitConfig(_Strict):
                 f"neighbour_max_phash_distance = {neighbour} must be larger than "
                 f"near_duplicate_max_distance = {self.near_duplicate_max_distance} (pairs that "
                 "close are joined already), or null to turn the neighbour check off"
+            )
+        consecutive = self.consecutive_max_dhash_distance
+        neighbour_dhash = self.neighbour_max_dhash_distance
+        if neighbour is not None and consecutive is not None and consecutive < neighbour_dhash:
+            raise ValueError(
+                f"consecutive_max_dhash_distance = {consecutive} must be at least "
+                f"neighbour_max_dhash_distance = {neighbour_dhash}: consecutive numbering is "
+                "evidence of one scan, so its similarity test is the looser one; or null to "
+                "turn the check off"
             )
         return self
 
