@@ -4,19 +4,26 @@
         --out docs/mri_neighbours.json --sheet docs/mri_neighbours.png
 
 Fetches the archive with the project's fetch stage into a scratch root (MEDIMG_ROOT),
-then compares the old rule (identical files + phash distance <= near_duplicate_max_distance)
-with the new one (+ the neighbour check of params.yaml) and a grid of neighbour thresholds.
+then compares three rules: "old" (identical files + phash distance <=
+near_duplicate_max_distance), "neighbours" (+ the neighbour check of params.yaml) and
+"consecutive" (+ the consecutive-file check of params.yaml: the project's rule), with a
+grid of neighbour thresholds (without the consecutive check) and one of consecutive
+dhash distances (with the neighbour check).
 
-"Near-identical" is defined independently of both rules, from pixels: the Pearson
-correlation of two images' 128 x 128 greyscale thumbnails, taken of the whole frame and of
-the non-black content (re-cropped copies), the larger of the two, at or above --near
-(0.90, chosen by eye on contact sheets of pairs around it). For each rule it prints the
-near-identical pairs left in different leak groups (any grouped split may put them on
-two sides) and those an actual `pooled` and `official` split put on two sides, the pairs
-it joins whose labels differ, the number of leak groups, the largest, the groups holding
-two labels, and the split sizes. Writes the figures as JSON and a contact sheet PNG of
-pairs the new rule joins, near-identical pairs it leaves apart, and joined pairs with
-different labels.
+Two pixel measures, independent of every hash. "Near-identical": the Pearson correlation
+of two images' 128 x 128 greyscale thumbnails, taken of the whole frame and of the
+non-black content (re-cropped copies), the larger of the two, at or above --near (0.90,
+chosen by eye on contact sheets of pairs around it). "Adjacent slices": consecutive
+files (numbered n and n + 1 in one series of one class folder) whose correlation is at
+or above --adjacent (0.80); the share of the other pairs of one class folder that reach
+it is printed as the chance level. For each rule it gives the near-identical and
+adjacent pairs left in different leak groups (any grouped split may put them on two
+sides) and those an actual `pooled` and `official` split put on two sides, with the
+val and test images that have such a partner in train; the pairs it joins whose labels
+differ (false merges: one leak group never holds two labels by right), the number of
+leak groups, the largest, the groups holding two labels, and the split sizes. Writes the
+figures as JSON and a contact sheet PNG of pairs each check joins, pairs left apart, and
+joined pairs with different labels or unalike images.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from PIL import Image, ImageDraw
 from medimg.config.datasets import SplitConfig
 from medimg.config.params import parse_params
 from medimg.data.duplicates import (
+    consecutive_pairs,
     dhash_to_words,
     neighbour_pairs,
     pair_distances,
@@ -48,10 +56,18 @@ from medimg.data.split import SPLITS, add_leak_groups, assign_splits, neighbour_
 REPO = Path(__file__).resolve().parents[1]
 DATASET = "brain_tumor_mri"
 THUMB = 128
-EXAMPLES = [  # the datasets README's: adjacent slices; a Training/Testing pair (manifest paths)
+# Correlation under which a joined consecutive pair counts as unalike: about the 90th
+# percentile of unrelated pairs of one class folder (printed as `chance`).
+UNALIKE = 0.6
+EXAMPLES = [  # manifest paths: the datasets README's adjacent slices and Training/Testing
+    # pair, and issue 19's adjacent slices that the neighbour check left on two sides
     ("images/train/glioma_tumor/gg (18).jpg", "images/train/glioma_tumor/gg (19).jpg"),
     ("images/train/meningioma_tumor/m3 (140).jpg", "images/test/meningioma_tumor/image(66).jpg"),
+    ("images/train/glioma_tumor/gg (542).jpg", "images/train/glioma_tumor/gg (543).jpg"),
+    ("images/train/meningioma_tumor/m2 (142).jpg", "images/train/meningioma_tumor/m2 (143).jpg"),
 ]
+# Every consecutive pair, whatever its similarity: the dhash distance can be no larger.
+ANY_DHASH = 256
 
 
 def fetch(archive: Path, root: Path) -> tuple[pd.DataFrame, SplitConfig]:
@@ -93,32 +109,114 @@ def labels_of(manifest: pd.DataFrame) -> np.ndarray:
     return manifest["label"].to_numpy(dtype=object)
 
 
-def evaluate(
-    manifest: pd.DataFrame, cfg: SplitConfig, near: np.ndarray, neighbours: tuple | None
-) -> dict:
-    """Figures of one rule. `near`: (K, 2) near-identical pairs of distinct files."""
-    rows = add_leak_groups(manifest, cfg.near_duplicate_max_distance, neighbours)
-    groups = rows["leak_group"].to_numpy()
-    labels = labels_of(rows)
-    sizes = np.bincount(groups)
-    mixed = [g for g in np.flatnonzero(sizes > 1) if len(set(labels[groups == g])) > 1]
-    apart = groups[near[:, 0]] != groups[near[:, 1]]
-    figures = {
-        "leak_groups": len(sizes),
-        "largest_leak_group": int(sizes.max()),
-        "groups_with_two_labels": len(mixed),
-        "images_in_groups_with_two_labels": int(sizes[mixed].sum()),
-        "near_identical_pairs_in_different_groups": int(apart.sum()),
-        "splits": {},
+def pixel_pairs(
+    manifest: pd.DataFrame, corr: np.ndarray, near: float, adjacent: float
+) -> tuple[dict[str, np.ndarray], dict]:
+    """The pairs of the two pixel measures ({"near_identical", "adjacent"}: (K, 2) each),
+    and the chance level of the adjacent one (other pairs of one class folder)."""
+    sha = manifest["sha256"].to_numpy(dtype=object)
+    i, j = np.triu_indices(len(manifest), 1)
+    keep = (corr[i, j] >= near) & (sha[i] != sha[j])
+    consecutive = consecutive_pairs(manifest, ANY_DHASH)
+    alike = corr[consecutive[:, 0], consecutive[:, 1]] >= adjacent
+    folder = manifest["path"].str.rpartition("/")[0].to_numpy(dtype=object)
+    is_consecutive = np.zeros(corr.shape, dtype=bool)
+    is_consecutive[consecutive[:, 0], consecutive[:, 1]] = True
+    others = (folder[i] == folder[j]) & ~is_consecutive[i, j]  # pairs of one folder
+    other_corr = corr[i, j][others]
+    chance = {
+        "consecutive_pairs": len(consecutive),
+        "consecutive_pairs_at_or_above": int(alike.sum()),
+        "other_pairs_of_one_folder": len(other_corr),
+        "share_of_them_at_or_above": round(float((other_corr >= adjacent).mean()), 5),
+        "their_correlation_percentiles_50_90_99": np.percentile(other_corr, [50, 90, 99])
+        .round(3)
+        .tolist(),
     }
+    pairs = {"near_identical": np.stack([i[keep], j[keep]], axis=1), "adjacent": consecutive[alike]}
+    return pairs, chance
+
+
+Rule = tuple[tuple[int, int] | None, int | None]  # (neighbours, consecutive) of add_leak_groups
+
+
+def rules_of(cfg: SplitConfig) -> dict[str, Rule]:
+    """The three rules compared: the old one, + the neighbour check, + consecutive files."""
+    return {
+        "old": (None, None),
+        "neighbours": (neighbour_rule(cfg), None),
+        "consecutive": (neighbour_rule(cfg), cfg.consecutive_max_dhash_distance),
+    }
+
+
+def leak_group_array(manifest: pd.DataFrame, cfg: SplitConfig, rule: Rule) -> pd.DataFrame:
+    """The manifest (sorted by path already) with its leak groups under `rule`."""
+    return add_leak_groups(manifest, cfg.near_duplicate_max_distance, *rule)
+
+
+def crossing(side: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """Per pair (K, 2): its two images are in two different splits (excluded ones aside)."""
+    return (side[pairs[:, 0]] != side[pairs[:, 1]]) & np.isin(side[pairs], SPLITS).all(1)
+
+
+def held_out_with_partner_in_train(side: np.ndarray, pairs: np.ndarray) -> dict[str, int]:
+    """Val and test images with a partner (in `pairs`) in train: {"val": n, "test": n}."""
+    found: dict[str, set[int]] = {"val": set(), "test": set()}
+    for a, b in pairs:
+        for held, other in ((a, b), (b, a)):
+            if side[held] in found and side[other] == "train":
+                found[side[held]].add(int(held))
+    return {split: len(images) for split, images in found.items()}
+
+
+def split_figures(rows: pd.DataFrame, cfg: SplitConfig, pairs: dict[str, np.ndarray]) -> dict:
+    """Per protocol: split sizes, and the pixel-measure pairs a real split puts on two sides."""
+    figures = {}
     for protocol in ("pooled", "official", "thesis"):
         side = assign_splits(rows, cfg, "mri", protocol).to_numpy(dtype=object)
-        crossing = (side[near[:, 0]] != side[near[:, 1]]) & np.isin(side[near], SPLITS).all(1)
-        figures["splits"][protocol] = {
+        figures[protocol] = {
             "sizes": {s: int((side == s).sum()) for s in (*SPLITS, "excluded")},
-            "near_identical_pairs_across_splits": int(crossing.sum()),
+            **{
+                f"{kind}_pairs_across_splits": int(crossing(side, p).sum())
+                for kind, p in pairs.items()
+            },
+            **{
+                f"held_out_images_with_{kind}_partner_in_train": held_out_with_partner_in_train(
+                    side, p
+                )
+                for kind, p in pairs.items()
+            },
         }
-    return figures, groups
+    return figures
+
+
+def group_figures(groups: np.ndarray, labels: np.ndarray, pairs: dict[str, np.ndarray]) -> dict:
+    """Sizes and label purity of the leak groups, and the pixel-measure pairs they cut."""
+    sizes = np.bincount(groups)
+    mixed = [g for g in np.flatnonzero(sizes > 1) if len(set(labels[groups == g])) > 1]
+    joined = joined_pairs(groups)
+    return {
+        "leak_groups": len(sizes),
+        "largest_leak_group": int(sizes.max()),
+        "leak_groups_of_20_or_more": int((sizes >= 20).sum()),
+        "groups_with_two_labels": len(mixed),
+        "images_in_groups_with_two_labels": int(sizes[mixed].sum()),
+        "joined_pairs_with_two_labels": int((labels[joined[:, 0]] != labels[joined[:, 1]]).sum()),
+        **{
+            f"{kind}_pairs_in_different_groups": int((groups[p[:, 0]] != groups[p[:, 1]]).sum())
+            for kind, p in pairs.items()
+        },
+    }
+
+
+def evaluate(
+    manifest: pd.DataFrame, cfg: SplitConfig, pairs: dict[str, np.ndarray], rule: Rule
+) -> tuple[dict, np.ndarray]:
+    """Figures of one rule, and the leak group of each image under it."""
+    rows = leak_group_array(manifest, cfg, rule)
+    groups = rows["leak_group"].to_numpy()
+    figures = group_figures(groups, labels_of(rows), pairs)
+    return {**figures, "splits": split_figures(rows, cfg, pairs)}, groups
 
 
 def joined_pairs(groups: np.ndarray) -> np.ndarray:
@@ -128,14 +226,13 @@ def joined_pairs(groups: np.ndarray) -> np.ndarray:
     return np.stack([i[same], j[same]], axis=1)
 
 
-def grid(manifest: pd.DataFrame, cfg: SplitConfig, near: np.ndarray) -> list[dict]:
-    """Near-identical pairs kept together and the largest group, per neighbour threshold."""
+def neighbour_grid(manifest: pd.DataFrame, cfg: SplitConfig, near: np.ndarray) -> list[dict]:
+    """Near-identical pairs kept together and the largest group, per neighbour threshold
+    (without the consecutive check: how the neighbour check was chosen)."""
     results = []
     for max_phash in (8, 10, 12, 14, 16, 64):
         for max_dhash in range(34, 48, 2):
-            rows = add_leak_groups(
-                manifest, cfg.near_duplicate_max_distance, (max_phash, max_dhash)
-            )
+            rows = leak_group_array(manifest, cfg, ((max_phash, max_dhash), None))
             groups = rows["leak_group"].to_numpy()
             together = groups[near[:, 0]] == groups[near[:, 1]]
             results.append(
@@ -149,12 +246,42 @@ def grid(manifest: pd.DataFrame, cfg: SplitConfig, near: np.ndarray) -> list[dic
     return results
 
 
+def consecutive_grid(
+    manifest: pd.DataFrame, cfg: SplitConfig, pairs: dict[str, np.ndarray], corr: np.ndarray
+) -> list[dict]:
+    """Per consecutive dhash distance (with the neighbour check): the links it makes, those
+    between unalike images (correlation < UNALIKE), the groups and the pairs split apart."""
+    labels = labels_of(manifest)
+    results = []
+    for max_dhash in (40, 46, 50, 54, 58, 62, 66, 70, 74, 78, 82, 86, 90):
+        links = consecutive_pairs(manifest, max_dhash)
+        rows = leak_group_array(manifest, cfg, (neighbour_rule(cfg), max_dhash))
+        figures = group_figures(rows["leak_group"].to_numpy(), labels, pairs)
+        splits = split_figures(rows, cfg, pairs)
+        results.append(
+            {
+                "consecutive_max_dhash_distance": max_dhash,
+                "links": len(links),
+                "links_between_unalike_images": int(
+                    (corr[links[:, 0], links[:, 1]] < UNALIKE).sum()
+                ),
+                **{k: v for k, v in figures.items() if k != "images_in_groups_with_two_labels"},
+                **{
+                    f"{protocol}_{kind}_pairs_across_splits": splits[protocol][
+                        f"{kind}_pairs_across_splits"
+                    ]
+                    for protocol in ("pooled", "official")
+                    for kind in pairs
+                },
+            }
+        )
+    return results
+
+
 def whole_frame_only(manifest: pd.DataFrame, cfg: SplitConfig, near: np.ndarray) -> dict:
     """The neighbour check without the content box: both dhash columns the whole frame's."""
-    rows = add_leak_groups(
-        manifest.assign(content_dhash=manifest["dhash"]),
-        cfg.near_duplicate_max_distance,
-        neighbour_rule(cfg),
+    rows = leak_group_array(
+        manifest.assign(content_dhash=manifest["dhash"]), cfg, (neighbour_rule(cfg), None)
     )
     groups = rows["leak_group"].to_numpy()
     together = groups[near[:, 0]] == groups[near[:, 1]]
@@ -207,7 +334,15 @@ def contact_sheet(images: Path, panels: list[tuple[str, list[dict]]], out: Path)
     sheet.convert("L").save(out, optimize=True)  # MRI are grey: RGB adds only bytes
 
 
-def sheet_panels(
+def sample_pairs(
+    manifest: pd.DataFrame, corr: np.ndarray, rng: np.random.Generator, pairs: list, n: int
+) -> list[dict]:
+    """`pair_description` of `n` of `pairs` drawn at random (all when fewer), in order."""
+    chosen = sorted(rng.choice(len(pairs), min(n, len(pairs)), replace=False))
+    return [pair_description(manifest, corr, *pairs[k]) for k in chosen]
+
+
+def neighbour_panels(
     manifest: pd.DataFrame,
     cfg: SplitConfig,
     corr: np.ndarray,
@@ -217,9 +352,9 @@ def sheet_panels(
     """Pairs to look at: just under and just over the near-identical `cut` (6 each, at
     random); joined by the neighbour check, not by the old rule (9 at random);
     near-identical pairs it leaves apart (6 at random); its direct links between two
-    labels (all). `groups`: the leak group of each image under "old" and "new"."""
+    labels (all). `groups`: the leak group of each image per rule (`rules_of`)."""
     rng = np.random.default_rng(0)
-    labels, old, new = labels_of(manifest), groups["old"], groups["new"]
+    labels, old, new = labels_of(manifest), groups["old"], groups["neighbours"]
     links = neighbour_pairs(manifest, *neighbour_rule(cfg)).tolist()
     new_links = [p for p in links if old[p[0]] != old[p[1]]]
     two_labels = [p for p in new_links if labels[p[0]] != labels[p[1]]]
@@ -231,8 +366,7 @@ def sheet_panels(
         return np.stack([i[inside], j[inside]], axis=1).tolist()
 
     def sample(pairs: list, n: int) -> list[dict]:
-        chosen = sorted(rng.choice(len(pairs), min(n, len(pairs)), replace=False))
-        return [pair_description(manifest, corr, *pairs[k]) for k in chosen]
+        return sample_pairs(manifest, corr, rng, pairs, n)
 
     apart = [p for p in between(cut, 2.0) if new[p[0]] != new[p[1]]]
     below, above = f"{cut - 0.02:.2f} to {cut:.2f}", f"{cut:.2f} to {cut + 0.02:.2f}"
@@ -243,7 +377,11 @@ def sheet_panels(
         ),
         (f"Correlation {above}: near-identical (6 at random)", sample(between(cut, cut + 0.02), 6)),
         ("Linked by the neighbour check, not by the old rule (9 at random)", sample(new_links, 9)),
-        (f"Near-identical (correlation >= {cut}) but still apart (6 at random)", sample(apart, 6)),
+        (
+            f"Near-identical (correlation >= {cut}) but apart under the neighbour check "
+            "(6 at random)",
+            sample(apart, 6),
+        ),
         (
             f"Neighbour links between two labels (all {len(two_labels)})",
             sample(two_labels, len(two_labels)),
@@ -251,7 +389,40 @@ def sheet_panels(
     ]
 
 
-def examples(manifest: pd.DataFrame, corr: np.ndarray, old: np.ndarray, new: np.ndarray) -> list:
+def consecutive_panels(
+    manifest: pd.DataFrame,
+    cfg: SplitConfig,
+    corr: np.ndarray,
+    adjacent: np.ndarray,
+    groups: dict[str, np.ndarray],
+) -> list[tuple[str, list[dict]]]:
+    """Pairs to look at: linked by the consecutive check, not by the neighbour check (9 at
+    random, and all of those between unalike images); adjacent slices (`adjacent`, K x 2)
+    still apart (all)."""
+    rng = np.random.default_rng(1)
+    before, after = groups["neighbours"], groups["consecutive"]
+    links = consecutive_pairs(manifest, cfg.consecutive_max_dhash_distance).tolist()
+    new_links = [p for p in links if before[p[0]] != before[p[1]]]
+    unalike = [p for p in new_links if corr[p[0], p[1]] < UNALIKE]
+    apart = [p for p in adjacent.tolist() if after[p[0]] != after[p[1]]]
+    return [
+        (
+            "Linked by the consecutive check, not by the neighbour check (9 at random)",
+            sample_pairs(manifest, corr, rng, new_links, 9),
+        ),
+        (
+            f"... of which unalike: correlation < {UNALIKE} (all {len(unalike)})",
+            sample_pairs(manifest, corr, rng, unalike, len(unalike)),
+        ),
+        (
+            f"Adjacent slices still apart under the consecutive check (all {len(apart)})",
+            sample_pairs(manifest, corr, rng, apart, len(apart)),
+        ),
+    ]
+
+
+def examples(manifest: pd.DataFrame, corr: np.ndarray, groups: dict[str, np.ndarray]) -> list:
+    """EXAMPLES described, with whether each rule puts the two in one leak group."""
     index = {path: k for k, path in enumerate(manifest["path"])}
     found = []
     for a, b in EXAMPLES:
@@ -259,48 +430,50 @@ def examples(manifest: pd.DataFrame, corr: np.ndarray, old: np.ndarray, new: np.
         found.append(
             {
                 **pair_description(manifest, corr, i, j),
-                "old_same_group": bool(old[i] == old[j]),
-                "new_same_group": bool(new[i] == new[j]),
+                **{f"{rule}_same_group": bool(g[i] == g[j]) for rule, g in groups.items()},
             }
         )
     return found
 
 
-def measure(archive: Path, near_threshold: float, sheet: Path, root: Path) -> dict:
+def measure(archive: Path, near: float, adjacent: float, sheet: Path, root: Path) -> dict:
     """Every figure of the module docstring, for `archive` fetched under `root`."""
     manifest, cfg = fetch(archive, root)
     images = root / "data" / "raw" / DATASET
     corr = correlations([images / p for p in manifest["path"]])
-    sha = manifest["sha256"].to_numpy(dtype=object)
-    i, j = np.triu_indices(len(manifest), 1)
-    keep = (corr[i, j] >= near_threshold) & (sha[i] != sha[j])
-    near = np.stack([i[keep], j[keep]], axis=1)
+    pairs, chance = pixel_pairs(manifest, corr, near, adjacent)
     labels = labels_of(manifest)
     rules, groups = {}, {}
-    for name, neighbours in (("old", None), ("new", neighbour_rule(cfg))):
-        rules[name], groups[name] = evaluate(manifest, cfg, near, neighbours)
-        pairs = joined_pairs(groups[name])
-        rules[name]["joined_pairs_with_two_labels"] = int(
-            (labels[pairs[:, 0]] != labels[pairs[:, 1]]).sum()
-        )
+    for name, rule in rules_of(cfg).items():
+        rules[name], groups[name] = evaluate(manifest, cfg, pairs, rule)
     links = neighbour_pairs(manifest, *neighbour_rule(cfg))
-    rules["new"]["neighbour_links"] = len(links)
-    rules["new"]["neighbour_links_between_two_labels"] = int(
+    rules["neighbours"]["neighbour_links"] = len(links)
+    rules["neighbours"]["neighbour_links_between_two_labels"] = int(
         (labels[links[:, 0]] != labels[links[:, 1]]).sum()
     )
-    contact_sheet(images, sheet_panels(manifest, cfg, corr, near_threshold, groups), sheet)
+    panels = [
+        *neighbour_panels(manifest, cfg, corr, near, groups),
+        *consecutive_panels(manifest, cfg, corr, pairs["adjacent"], groups),
+    ]
+    contact_sheet(images, panels, sheet)
+    settings = {
+        "old": {"near_duplicate_max_distance": cfg.near_duplicate_max_distance},
+        "neighbours": {"neighbours": neighbour_rule(cfg)},
+        "consecutive": {"consecutive_max_dhash_distance": cfg.consecutive_max_dhash_distance},
+    }
     return {
         "command": " ".join(sys.argv),
-        "near_identical": f"max(whole frame, content) {THUMB} px correlation >= {near_threshold}",
+        "near_identical": f"max(whole frame, content) {THUMB} px correlation >= {near}",
+        "adjacent": f"consecutive files of one folder, the same correlation >= {adjacent}",
         "images": len(manifest),
-        "near_identical_pairs": len(near),
-        "rules": {
-            "old": {"near_duplicate_max_distance": cfg.near_duplicate_max_distance, **rules["old"]},
-            "new": {"neighbours": neighbour_rule(cfg), **rules["new"]},
-        },
-        "examples": examples(manifest, corr, groups["old"], groups["new"]),
-        "grid": grid(manifest, cfg, near),
-        "whole_frame_dhash_only": whole_frame_only(manifest, cfg, near),
+        "near_identical_pairs": len(pairs["near_identical"]),
+        "adjacent_pairs": len(pairs["adjacent"]),
+        "adjacent_chance": chance,
+        "rules": {name: {**settings[name], **figures} for name, figures in rules.items()},
+        "examples": examples(manifest, corr, groups),
+        "consecutive_grid": consecutive_grid(manifest, cfg, pairs, corr),
+        "grid": neighbour_grid(manifest, cfg, pairs["near_identical"]),
+        "whole_frame_dhash_only": whole_frame_only(manifest, cfg, pairs["near_identical"]),
     }
 
 
@@ -308,14 +481,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archive", type=Path, required=True)
     parser.add_argument("--near", type=float, default=0.90, help="near-identical correlation")
+    parser.add_argument(
+        "--adjacent",
+        type=float,
+        default=0.80,
+        help="adjacent slices: consecutive files' correlation",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "mri_neighbours.json")
     parser.add_argument("--sheet", type=Path, default=REPO / "docs" / "mri_neighbours.png")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="medimg-neighbours-") as scratch:
-        results = measure(args.archive, args.near, args.sheet, Path(scratch))
+        results = measure(args.archive, args.near, args.adjacent, args.sheet, Path(scratch))
     args.out.write_text(json.dumps(results, indent=2) + "\n")
-    shown = {k: results[k] for k in ("images", "near_identical_pairs", "rules", "examples")}
-    print(json.dumps(shown, indent=1))
+    shown = ("images", "near_identical_pairs", "adjacent_pairs", "adjacent_chance", "rules")
+    print(json.dumps({k: results[k] for k in (*shown, "examples")}, indent=1))
     print(f"written: {args.out}, {args.sheet}")
 
 

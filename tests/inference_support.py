@@ -8,6 +8,7 @@ flat layout of earlier versions. A few conv filters at 32 px: built and run in m
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import keras
@@ -63,6 +64,41 @@ def save_model_folder(
     }
     (folder / "preprocessing.json").write_text(json.dumps(preprocessing))
     return folder
+
+
+# Ways a model file given by a user can be bad (`bad_model_file`).
+BAD_MODEL_FILES = ("hostile_model", "hostile_layer", "truncated")
+
+
+def bad_model_file(good: Path, kind: str, target: Path, marker: Path) -> Path:
+    """A copy of the saved model `good` (a .keras file) spoilt as `kind`, written to `target`.
+
+    hostile_model: config.json names `os.system` as the model, with a command that would
+    create `marker`; hostile_layer: the same as one of its layers; truncated: the file
+    cut to its first 500 bytes.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "truncated":
+        target.write_bytes(good.read_bytes()[:500])
+        return target
+    with zipfile.ZipFile(good) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    config = json.loads(members["config.json"])
+    hostile = {
+        "module": "os",
+        "class_name": "system",
+        "config": {"command": f"touch {marker}"},
+        "registered_name": None,
+    }
+    if kind == "hostile_model":
+        config = hostile
+    else:
+        config["config"]["layers"][1] = hostile
+    members["config.json"] = json.dumps(config).encode()
+    with zipfile.ZipFile(target, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return target
 
 
 def gradient_image(width: int = 48, height: int = 40) -> np.ndarray:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image
+from scipy.ndimage import gaussian_filter
 
 from medimg.data import duplicates
 from medimg.data.duplicates import (
+    consecutive_pairs,
     dhash_to_words,
     leak_groups,
     near_duplicate_pairs,
@@ -213,3 +218,108 @@ def test_leak_groups_join_neighbours_only_when_asked() -> None:
     assert leak_groups(frame.drop(columns="dhash"), max_distance=4).tolist() == [0, 1, 2]
     with pytest.raises(ValueError, match=r"\['dhash'\]"):
         leak_groups(frame.drop(columns="dhash"), max_distance=4, neighbours=(8, 20))
+
+
+# ------------------------------------------------------------------ consecutive files
+
+# Each scan a smooth random texture inside an ellipse of its own shape, as brains differ.
+SCAN_SHAPES = {1: (0.42, 0.48), 2: (0.30, 0.40), 3: (0.46, 0.32)}
+
+
+def scan_slice(scan: int, shift: int, size: int = 64) -> np.ndarray:
+    """uint8 (size, size): slice `shift` of `scan`; slices a pixel or two apart look alike."""
+    texture = np.random.default_rng(scan).normal(size=(size, size + 8))
+    texture = gaussian_filter(texture, 3)[:, shift : shift + size]
+    y, x = np.mgrid[0:size, 0:size] - size / 2
+    rx, ry = SCAN_SHAPES[scan]
+    inside = (x / (size * rx)) ** 2 + (y / (size * ry)) ** 2 <= 1
+    return np.where(inside, 128 + texture / texture.std() * 50, 0).clip(0, 255).astype(np.uint8)
+
+
+# manifest path -> (scan, shift). gg (1)-(3): three adjacent slices; gg (4): the next
+# number but another scan; gg (12), gg (14): alike, not consecutive; m (5): the number
+# after gg (4) and alike, another series; Testing's gg (5): the same in another folder.
+SLICE_FILES = {
+    "images/train/glioma_tumor/gg (1).png": (1, 0),
+    "images/train/glioma_tumor/gg (2).png": (1, 2),
+    "images/train/glioma_tumor/gg (3).png": (1, 4),
+    "images/train/glioma_tumor/gg (4).png": (2, 0),
+    "images/train/glioma_tumor/gg (12).png": (3, 0),
+    "images/train/glioma_tumor/gg (14).png": (3, 2),
+    "images/train/glioma_tumor/m (5).png": (2, 2),
+    "images/test/glioma_tumor/gg (5).png": (2, 1),
+}
+
+
+def real_slices_manifest(folder: Path) -> pd.DataFrame:
+    """SLICE_FILES written as PNGs and described by the fetch stage's inspect_image."""
+    from medimg.data.images import inspect_image
+
+    rows = []
+    for path, (scan, shift) in sorted(SLICE_FILES.items()):
+        file = folder / path
+        file.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(scan_slice(scan, shift)).save(file)
+        info = inspect_image(file)
+        rows.append(
+            {
+                "path": path,
+                "group_id": file.name,
+                "sha256": file.name,
+                "phash": info.phash,
+                "dhash": info.dhash,
+                "content_dhash": info.content_dhash,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def dhash_distance(frame: pd.DataFrame, a: str, b: str) -> int:
+    """The smaller of the whole-image and content dhash distances of two manifest paths."""
+    index = {path: k for k, path in enumerate(frame["path"])}
+    pair = np.array([[index[a], index[b]]])
+    return min(
+        int(pair_distances(dhash_to_words(frame[column].tolist(), column), pair)[0])
+        for column in ("dhash", "content_dhash")
+    )
+
+
+def test_consecutive_files_of_one_series_and_folder_join_when_alike(tmp_path: Path) -> None:
+    frame = real_slices_manifest(tmp_path)
+    paths = frame["path"].tolist()
+    train, test = "images/train/glioma_tumor/", "images/test/glioma_tumor/"
+    adjacent = [
+        (train + "gg (1).png", train + "gg (2).png"),
+        (train + "gg (2).png", train + "gg (3).png"),
+    ]
+    threshold = max(dhash_distance(frame, a, b) for a, b in adjacent)
+    # The fixture does what it says: the next scan differs by more than the slices do; the
+    # pairs kept apart by their numbers, series or folders are as alike as the slices.
+    assert dhash_distance(frame, train + "gg (3).png", train + "gg (4).png") > threshold
+    for a, b in [
+        (train + "gg (12).png", train + "gg (14).png"),
+        (train + "gg (4).png", train + "m (5).png"),
+        (train + "gg (4).png", test + "gg (5).png"),
+    ]:
+        assert dhash_distance(frame, a, b) <= threshold, (a, b)
+
+    pairs = consecutive_pairs(frame, threshold).tolist()
+    assert sorted((paths[i], paths[j]) for i, j in pairs) == sorted(adjacent)
+    # One bit stricter than the less alike of the two: that link goes.
+    assert len(consecutive_pairs(frame, threshold - 1)) == 1
+
+    groups = leak_groups(frame, max_distance=0, consecutive=threshold)
+    by_path = dict(zip(paths, groups.tolist(), strict=True))
+    assert by_path[train + "gg (1).png"] == by_path[train + "gg (2).png"]
+    assert by_path[train + "gg (2).png"] == by_path[train + "gg (3).png"]
+    assert len(set(by_path.values())) == len(paths) - 2  # nothing else joined
+    assert len(set(leak_groups(frame, max_distance=0).tolist())) == len(paths)  # off
+
+
+def test_consecutive_pairs_need_the_path_and_dhash_columns() -> None:
+    frame = neighbour_manifest([("0000000000000000", ZEROS, ZEROS)] * 2)
+    assert consecutive_pairs(frame, 0).tolist() == [[0, 1]]  # img0.png, img1.png
+    with pytest.raises(ValueError, match=r"\['path'\]"):
+        leak_groups(frame.drop(columns="path"), max_distance=4, consecutive=10)
+    with pytest.raises(ValueError, match=r"0\.\.256"):
+        consecutive_pairs(frame, 257)

@@ -22,7 +22,7 @@ from medimg.config.params import parse_params
 
 REPO = Path(__file__).resolve().parents[1]
 RECORDS = REPO / "tests" / "data" / "effective_params"
-PROFILES = ["sample", *read_yaml(REPO / "params.yaml")["profiles"]]
+PROFILES = list(dict.fromkeys(["sample", *read_yaml(REPO / "params.yaml")["profiles"]]))
 
 
 def differences(recorded: Any, effective: Any, key: str = "") -> list[str]:

@@ -22,13 +22,17 @@ from PIL import Image
 from medimg import paths
 from medimg.config.datasets import DatasetConfig, FetchConfig, PrepareConfig, SplitConfig
 from medimg.data.fetch import MANIFEST_COLUMNS, FetchError, content_fingerprint, fetch_dataset
+from medimg.inference import DEFAULT_MIN_SIZE
 
 XRAY_CLASSES = ["NORMAL", "PNEUMONIA"]
 MRI_CLASSES = ["glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor"]
 
 
-def jpeg_bytes(seed: int, size: tuple[int, int] = (24, 16), mode: str = "L") -> bytes:
-    """A small real JPEG whose pixels (hence bytes and phash) depend on `seed`."""
+def jpeg_bytes(seed: int, size: tuple[int, int] = (40, 32), mode: str = "L") -> bytes:
+    """A small real JPEG whose pixels (hence bytes and phash) depend on `seed`.
+
+    The default is just above fetch.min_image_size's default (32 px on the shorter side).
+    """
     rng = np.random.default_rng(seed)
     shape = (size[1], size[0]) if mode == "L" else (size[1], size[0], 3)
     buffer = io.BytesIO()
@@ -171,7 +175,7 @@ def test_fetch_over_http_writes_the_normalised_layout(repo_root, http_folder):
         assert row["path"] == f"images/{split}/{label}/{name}"
         assert (dest / row["path"]).read_bytes() == data
         assert (row["label"], row["source_split"], row["sha256"]) == (label, split, sha256(data))
-        assert (row["width"], row["height"]) == ("24", "16")
+        assert (row["width"], row["height"]) == ("40", "32")
         assert len(row["phash"]) == 16 and int(row["phash"], 16) >= 0
         for column in ("dhash", "content_dhash"):
             assert len(row[column]) == 64 and int(row[column], 16) >= 0
@@ -320,6 +324,55 @@ def test_bad_files_are_skipped_and_listed_when_configured(tmp_path, caplog):
     assert "notes.txt" not in names and "IM-0004-0001.jpeg" not in names
     assert not (dest / "images/test/PNEUMONIA/notes.txt").exists()
     assert "notes.txt" in caplog.text and "IM-0004-0001.jpeg" in caplog.text
+
+
+def test_a_1x1_image_in_an_archive_is_a_bad_file_named_by_its_member(tmp_path, good_copy):
+    dest, before = good_copy
+    members = xray_members()
+    members["chest_xray/train/NORMAL/IM-0009-0001.jpeg"] = jpeg_bytes(8, size=(1, 1))
+    members["chest_xray/train/PNEUMONIA/person9_virus_9.jpeg"] = jpeg_bytes(9, size=(40, 31))
+    archive = write_zip(tmp_path / "tiny.zip", members)
+
+    with pytest.raises(FetchError) as err:
+        fetch_dataset("chest_xray", xray_config(archive), dest, workers=2)
+    assert str(err.value).splitlines()[1:] == [
+        "  chest_xray/train/NORMAL/IM-0009-0001.jpeg: image is 1 x 1 px; the shorter side "
+        "must be at least 32 px (fetch.min_image_size)",
+        "  chest_xray/train/PNEUMONIA/person9_virus_9.jpeg: image is 40 x 31 px; the shorter "
+        "side must be at least 32 px (fetch.min_image_size)",
+    ]
+    assert_untouched(dest, before)
+
+    report = fetch_dataset("chest_xray", xray_config(archive, on_bad_image="skip"), dest, workers=2)
+    assert [item["path"] for item in report.skipped] == [
+        "chest_xray/train/NORMAL/IM-0009-0001.jpeg",
+        "chest_xray/train/PNEUMONIA/person9_virus_9.jpeg",
+    ]
+    assert report.counts == XRAY_COUNTS
+    assert not (dest / "images/train/NORMAL/IM-0009-0001.jpeg").exists()
+
+
+def test_the_minimum_image_size_is_the_datasets_setting(tmp_path):
+    members = xray_members()
+    members["chest_xray/train/NORMAL/IM-0009-0001.jpeg"] = jpeg_bytes(8, size=(24, 16))
+    archive = write_zip(tmp_path / "small.zip", members)
+    assert FetchConfig(source="x").min_image_size == DEFAULT_MIN_SIZE  # predict's minimum
+    report = fetch_dataset(
+        "chest_xray", xray_config(archive, min_image_size=16), tmp_path / "raw", workers=2
+    )
+    assert report.counts["train"]["NORMAL"] == 3 and report.skipped == []
+
+
+def test_a_bad_files_reason_names_the_member_not_the_staging_copy(tmp_path):
+    members = xray_members()
+    members["chest_xray/train/NORMAL/IM-0009-0001.jpeg"] = b"plain text, not a JPEG"
+    archive = write_zip(tmp_path / "text.zip", members)
+    report = fetch_dataset(
+        "chest_xray", xray_config(archive, on_bad_image="skip"), tmp_path / "raw", workers=2
+    )
+    (reason,) = [item["reason"] for item in report.skipped]
+    assert "cannot identify image file 'chest_xray/train/NORMAL/IM-0009-0001.jpeg'" in reason
+    assert str(tmp_path) not in reason and "staging" not in reason
 
 
 def test_expected_counts_mismatch_shows_expected_and_found(tmp_path):

@@ -14,7 +14,8 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from medimg.config.runs import EarlyStoppingConfig, RunConfig, TrainAugmentConfig
 from medimg.data.prepared import load_prepared
-from medimg.inference.keras_model import load_model, predict_proba
+from medimg.inference.probabilities import predict_proba
+from medimg.models.saved import load_model
 from medimg.training.checkpoints import ResumeState
 from medimg.training.fit import (
     ResumableEarlyStopping,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from medimg.data.errors import FetchError
-from medimg.data.layouts import LayoutEntry, match_layout, patient_id
+from medimg.data.layouts import LayoutEntry, match_layout, numbered_name, patient_id
 
 XRAY = ["NORMAL", "PNEUMONIA"]
 MRI = ["glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor"]
@@ -43,6 +43,29 @@ def test_patient_id(filename, expected):
 def test_unparseable_names_are_errors_naming_the_file(filename):
     with pytest.raises(ValueError, match=re.escape(repr(filename))):
         patient_id(filename)
+
+
+@pytest.mark.parametrize(
+    ("filename", "expected"),
+    [
+        # The MRI release's names (datasets README): one series per class folder and prefix.
+        ("gg (542).jpg", ("gg (#).jpg", 542)),
+        ("m2 (143).jpg", ("m2 (#).jpg", 143)),
+        ("m1(28).jpg", ("m1(#).jpg", 28)),
+        ("image(66).jpg", ("image(#).jpg", 66)),
+        ("image (5).jpg", ("image (#).jpg", 5)),  # another series than image(5).jpg
+        ("12.jpg", ("#.jpg", 12)),
+        # The last number counts; leading zeros do not make another number.
+        ("IM-0115-0009.jpeg", ("IM-0115-#.jpeg", 9)),
+        ("scan_0010.png", ("scan_#.png", 10)),
+        # A digit in the extension is not the image's number.
+        ("slice7.jp2", ("slice#.jp2", 7)),
+        ("folder/p (3).JPG", ("p (#).JPG", 3)),
+        ("image.jpg", None),
+    ],
+)
+def test_numbered_name(filename, expected):
+    assert numbered_name(filename) == expected
 
 
 @pytest.mark.skipif(not REAL_XRAY_ZIP.is_file(), reason="the shared dataset archive is absent")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from inference_support import BAD_MODEL_FILES, bad_model_file
 from medimg.config.runs import FineTuningConfig, RunConfig, TrainAugmentConfig
 from medimg.models.applications import WeightsUnavailableError
 from medimg.models.fine_tuning import feature_blocks, set_trainable_top
@@ -256,6 +257,30 @@ def test_transfer_from_an_unrelated_model_fails(tmp_path):
         transfer_weights(load_source_model(tmp_path), target, str(tmp_path))
     with pytest.raises(TransferError, match="no saved model"):
         load_source_model(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("kind", BAD_MODEL_FILES)
+def test_a_hostile_or_corrupt_source_model_is_one_line_naming_it(tmp_path, kind):
+    good = tmp_path / "model.keras"
+    assemble_classifier(
+        build_backbone("alexnet", (32, 32, 1), 2, {"width": 0.05}), (32, 32, 1), "unit"
+    ).save(good)
+    marker = tmp_path / "the-config-ran"
+    given = bad_model_file(good, kind, tmp_path / "given.keras", marker)
+    with pytest.raises(TransferError) as err:
+        load_source_model(given)
+    assert str(err.value).startswith(f"{given}: not a ")
+    assert "\n" not in str(err.value) and not marker.exists()
+
+
+def test_a_corrupt_weights_file_is_one_line_naming_it(tmp_path):
+    given = tmp_path / "efficientnetb0_notop.h5"
+    given.write_bytes(b"not an HDF5 file")
+    with pytest.raises(WeightsUnavailableError) as err:
+        build_backbone("efficientnet_b0", (32, 32, 3), 4, {"weights": str(given)})
+    message = str(err.value)
+    assert message.startswith(f"model_options.weights = {str(given)!r}: not a loadable")
+    assert "\n" not in message
 
 
 @pytest.mark.slow

@@ -16,7 +16,15 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from inference_support import BINARY, build_model, gradient_image, save_model_folder, write_dicom
+from inference_support import (
+    BAD_MODEL_FILES,
+    BINARY,
+    bad_model_file,
+    build_model,
+    gradient_image,
+    save_model_folder,
+    write_dicom,
+)
 from medimg.cli import main
 from medimg.commands.predict import PREDICT_PARTLY_FAILED
 from medimg.data.preprocess import load_image
@@ -220,6 +228,21 @@ def test_a_model_folder_without_its_preprocessing_is_named(model_dir, tmp_path, 
     (alone / "model.keras").write_bytes((model_dir / "model.keras").read_bytes())
     code, _, err = predict(capsys, "--model", alone, save_grey(tmp_path / "a.png"))
     assert code == 2 and "preprocessing.json: not found" in err
+
+
+@pytest.mark.parametrize("kind", BAD_MODEL_FILES)
+def test_a_hostile_or_corrupt_model_file_ends_in_one_line(model_dir, tmp_path, capsys, kind):
+    folder = tmp_path / "given"
+    marker = tmp_path / "the-config-ran"
+    model_file = bad_model_file(model_dir / "model.keras", kind, folder / "model.keras", marker)
+    (folder / "preprocessing.json").write_bytes((model_dir / "preprocessing.json").read_bytes())
+
+    code, out, err = predict(capsys, "--model", model_file, save_grey(tmp_path / "a.png"))
+
+    assert code == 2 and out == ""
+    assert err.startswith(f"medimg predict: error: {model_file}: not a ")
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not marker.exists()
 
 
 def test_explain_writes_a_gradcam_overlay_per_image(model_dir, tmp_path, capsys):

@@ -417,6 +417,25 @@ def flip_bits(hex_hash: str, bits: list[int]) -> str:
     return f"{value:0{len(hex_hash)}x}"
 
 
+def mri_row(
+    path: str, label: str, sha: str, phash: str, dhash: str, content_dhash: str
+) -> dict[str, str]:
+    """A manifest row of a Training image of the mri layout (group id: its content hash)."""
+    return {
+        "path": path,
+        "label": label,
+        "source_split": "train",
+        "group_id": sha[:16],
+        "sha256": sha,
+        "width": "64",
+        "height": "64",
+        "mode": "RGB",
+        "phash": phash,
+        "dhash": dhash,
+        "content_dhash": content_dhash,
+    }
+
+
 def slice_pairs_manifest(n_scans_per_class: int = 12) -> pd.DataFrame:
     """Scans of two adjacent slices each (MRI layout: no patient ids, pooled protocol).
 
@@ -435,21 +454,8 @@ def slice_pairs_manifest(n_scans_per_class: int = 12) -> pd.DataFrame:
         ]
         for k, (p, d) in enumerate(slices):
             sha = rng.bytes(32).hex()
-            rows.append(
-                {
-                    "path": f"images/train/{label}/scan{scan}-slice{k}.jpg",
-                    "label": label,
-                    "source_split": "train",
-                    "group_id": sha[:16],
-                    "sha256": sha,
-                    "width": "64",
-                    "height": "64",
-                    "mode": "RGB",
-                    "phash": p,
-                    "dhash": d,
-                    "content_dhash": random_dhash(rng),
-                }
-            )
+            path = f"images/train/{label}/scan{scan}-slice{k}.jpg"
+            rows.append(mri_row(path, label, sha, p, d, random_dhash(rng)))
     return pd.DataFrame(rows)[list(MANIFEST_COLUMNS)]
 
 
@@ -512,3 +518,91 @@ def test_split_report_names_the_neighbour_check(tmp_path: Path) -> None:
     (excluded,) = report["excluded"]
     assert excluded["path"] == "images/train/x/neighbour.png"
     assert "neighbours (phash <= 10 and dhash <= 30)" in excluded["reason"]
+
+
+def numbered_scans_manifest(slices: int = 3, scans_per_class: int = 8) -> pd.DataFrame:
+    """Scans of `slices` consecutively numbered files each (`gg (1).jpg`, `gg (2).jpg`, ...).
+
+    Each slice's dhash is 60 bits from the previous slice's (more than the neighbour
+    check's 40) and every phash is random (about 32 bits apart), so that only the
+    consecutive-file rule can join a scan; the next scan, though numbered next, is an
+    unrelated image (about 128 dhash bits away).
+    """
+    rng = np.random.default_rng(7)
+    rows = []
+    for label in ["a", "b", "c"]:
+        number = 0
+        for _ in range(scans_per_class):
+            dhash = random_dhash(rng)
+            for k in range(slices):
+                number += 1
+                dhash = flip_bits(dhash, list(range(k, 240, 4))) if k else dhash
+                sha = rng.bytes(32).hex()
+                path = f"images/train/{label}/gg ({number}).jpg"
+                phash = f"{random_hash(rng):016x}"
+                rows.append(mri_row(path, label, sha, phash, dhash, random_dhash(rng)))
+    return pd.DataFrame(rows)[list(MANIFEST_COLUMNS)]
+
+
+@pytest.mark.parametrize("max_dhash_distance", [60, 59, None])
+def test_consecutive_files_of_a_scan_stay_on_one_side(
+    tmp_path: Path, max_dhash_distance: int | None
+) -> None:
+    frame = numbered_scans_manifest()
+    assert hamming(frame["dhash"][0], frame["dhash"][1]) == 60  # the slices' distance
+    cfg = dataset_config(
+        "pooled",
+        "mri",
+        val_fraction=0.25,
+        test_fraction=0.25,
+        neighbour_max_phash_distance=12,
+        neighbour_max_dhash_distance=40,
+        consecutive_max_dhash_distance=max_dhash_distance,
+    )
+
+    report = run_split("mri", cfg, write_manifest(tmp_path, frame), tmp_path / "out")
+
+    assignment = pd.concat(
+        pd.read_csv(tmp_path / "out" / "pooled" / f"{split}.csv", dtype=str).assign(side=split)
+        for split in ("train", "val", "test")
+    ).set_index("path")["side"]
+    scans = frame.assign(scan=frame.index // 3).set_index("path")["scan"]
+    apart = int(assignment.groupby(scans).nunique().gt(1).sum())
+    assert report["consecutive_max_dhash_distance"] == max_dhash_distance
+    if max_dhash_distance == 60:  # the slices' distance: one group per scan, never apart
+        assert report["n_leak_groups"] == len(frame) // 3
+        assert apart == 0
+    else:  # stricter, or off: every file its own group, and scans are cut
+        assert report["n_leak_groups"] == len(frame)
+        assert apart > 0
+
+
+def test_the_samples_mri_splits_keep_consecutive_slices_together(tmp_path, monkeypatch) -> None:
+    from medimg import paths
+    from medimg.config.params import load_params
+    from medimg.data.duplicates import consecutive_pairs
+    from medimg.data.fetch import fetch_dataset
+
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.setenv("MEDIMG_ROOT", str(tmp_path))
+    cfg = load_params(repo / "params.yaml").dataset("brain_tumor_mri")
+    source = str(repo / cfg.fetch.source)
+    cfg = cfg.model_copy(update={"fetch": cfg.fetch.model_copy(update={"source": source})})
+    assert cfg.split.consecutive_max_dhash_distance is not None
+    fetch_dataset("brain_tumor_mri", cfg, workers=2)
+
+    reports = split_dataset("brain_tumor_mri", cfg)  # raises if a grouped protocol leaks
+
+    manifest = pd.read_csv(paths.raw_dir("brain_tumor_mri") / "manifest.csv", dtype=str)
+    manifest = manifest.sort_values("path").reset_index(drop=True)
+    joined = consecutive_pairs(manifest, cfg.split.consecutive_max_dhash_distance)
+    assert len(joined) > 0  # the sample has consecutive slices the rule joins
+    for protocol in ("pooled", "official"):
+        assert set(reports[protocol]["duplicate_overlap"].values()) == {0}
+        folder = paths.splits_root("brain_tumor_mri") / protocol
+        side = pd.concat(
+            pd.read_csv(folder / f"{split}.csv", dtype=str).assign(side=split)
+            for split in ("train", "val", "test")
+        ).set_index("path")["side"]
+        side = side.reindex(manifest["path"]).fillna("excluded").to_numpy()
+        assert (side[joined[:, 0]] == side[joined[:, 1]]).all(), protocol

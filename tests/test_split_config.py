@@ -1,4 +1,4 @@
-"""params.yaml's split protocols and neighbour thresholds: bad values are named with their key."""
+"""params.yaml's split protocols and leak-group thresholds: bad values are named with their key."""
 
 from __future__ import annotations
 
@@ -31,6 +31,9 @@ def test_every_run_names_a_protocol_its_dataset_is_split_by(raw: dict) -> None:
             "thesis",
         ]
         assert params.datasets["chest_xray"].split.protocols == ["official", "thesis"]
+        # Patient ids group the X-rays; consecutive numbering groups MRI slices.
+        assert params.datasets["chest_xray"].split.consecutive_max_dhash_distance is None
+        assert params.datasets["brain_tumor_mri"].split.consecutive_max_dhash_distance == 70
 
 
 @pytest.mark.parametrize(
@@ -58,6 +61,22 @@ def test_every_run_names_a_protocol_its_dataset_is_split_by(raw: dict) -> None:
             "datasets.brain_tumor_mri.split.neighbour_max_dhash_distance",
             257,
             "datasets.brain_tumor_mri.split.neighbour_max_dhash_distance = 257",
+        ),
+        (
+            "datasets.brain_tumor_mri.split.consecutive_max_dhash_distance",
+            -1,
+            "datasets.brain_tumor_mri.split.consecutive_max_dhash_distance = -1",
+        ),
+        (
+            "datasets.brain_tumor_mri.split.consecutive_max_dhash_distance",
+            "yes",
+            "datasets.brain_tumor_mri.split.consecutive_max_dhash_distance = 'yes'",
+        ),
+        (
+            "datasets.brain_tumor_mri.split.consecutive_max_dhash_distance",
+            39,
+            "consecutive_max_dhash_distance = 39 must be at least neighbour_max_dhash_distance "
+            "= 40",
         ),
     ],
 )

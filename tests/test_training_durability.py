@@ -29,7 +29,7 @@ TRAINER = textwrap.dedent(
     f"""
     import sys
     from pathlib import Path
-    from medimg.config import RunConfig
+    from medimg.config.runs import RunConfig
     from medimg.data.prepared import load_prepared
     from medimg.training.fit import fit_one_seed
 

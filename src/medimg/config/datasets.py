@@ -24,6 +24,10 @@ from medimg.config.base import (
     validate,
 )
 
+# Below this many pixels on the shorter side an image holds too little to classify (a
+# thumbnail, an icon, a 1 x 1 placeholder): fetch refuses it, and predict by default.
+MIN_IMAGE_SIZE = 32
+
 
 class FetchConfig(StrictModel):
     """Where a dataset comes from and what it must contain."""
@@ -38,6 +42,11 @@ class FetchConfig(StrictModel):
         None, description="source split -> class -> number of images"
     )
     on_bad_image: Literal["fail", "skip"] = "fail"
+    min_image_size: Annotated[int, Field(ge=1)] = Field(
+        MIN_IMAGE_SIZE,
+        description="an image whose shorter side has fewer pixels is a bad file (predict "
+        "refuses it too: medimg.inference.DEFAULT_MIN_SIZE)",
+    )
     timeout_s: Annotated[float, Field(gt=0)] = 60.0
     retries: Annotated[int, Field(ge=0)] = 3
 
@@ -67,6 +76,13 @@ class SplitConfig(StrictModel):
         description="a candidate pair is one image when its 256-bit difference hashes (whole "
         "image or non-black content, the closer) differ in at most this many bits",
     )
+    consecutive_max_dhash_distance: Annotated[int, Field(ge=0, le=256)] | None = Field(
+        None,
+        description="files of one folder numbered n and n + 1 in one name (gg (542).jpg, gg "
+        "(543).jpg: adjacent slices of one scan) join one leak group when their 256-bit "
+        "difference hashes (whole image or non-black content, the closer) differ in at most "
+        "this many bits; null turns the check off",
+    )
     seed: Seed = 42
 
     @model_validator(mode="after")
@@ -79,6 +95,15 @@ class SplitConfig(StrictModel):
                 f"neighbour_max_phash_distance = {neighbour} must be larger than "
                 f"near_duplicate_max_distance = {self.near_duplicate_max_distance} (pairs that "
                 "close are joined already), or null to turn the neighbour check off"
+            )
+        consecutive = self.consecutive_max_dhash_distance
+        neighbour_dhash = self.neighbour_max_dhash_distance
+        if neighbour is not None and consecutive is not None and consecutive < neighbour_dhash:
+            raise ValueError(
+                f"consecutive_max_dhash_distance = {consecutive} must be at least "
+                f"neighbour_max_dhash_distance = {neighbour_dhash}: consecutive numbering is "
+                "evidence of one scan, so its similarity test is the looser one; or null to "
+                "turn the check off"
             )
         return self
 

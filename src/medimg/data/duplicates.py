@@ -11,6 +11,12 @@ scan, re-cropped copies) whose 256-bit difference hashes (`dhash` of the whole i
 measures must agree because at that phash distance unrelated scans are common; the
 thresholds are measured in docs/data.md.
 
+Optionally, consecutive files: in one folder, names numbered n and n + 1 in one series
+(`gg (542).jpg`, `gg (543).jpg`, see `medimg.data.layouts.numbered_name`) whose difference
+hashes are within a looser distance than the neighbours'. The MRI release numbers each
+class folder's images in order, so that such files are mostly adjacent slices of one
+scan; the similarity test keeps apart the pairs that straddle two scans.
+
 `leak_groups` joins these relations transitively into connected components; a
 leakage-free split keeps every component on one side.
 """
@@ -24,6 +30,8 @@ import numpy as np
 import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
+
+from medimg.data.layouts import numbered_name
 
 PHASH_HEX_CHARS = 16  # imagehash.phash with hash_size=8 gives 64 bits
 DHASH_HEX_CHARS = 64  # imagehash.dhash with hash_size=16 gives 256 bits
@@ -129,16 +137,50 @@ def neighbour_pairs(
     of its `dhash` or of its `content_dhash` (256 bits each) is <= `max_dhash_distance`.
     Returns an int64 array of shape (K, 2) sorted by i then j.
     """
+    _check_dhash_distance(max_dhash_distance)
+    candidates = near_duplicate_pairs(manifest["phash"].tolist(), max_phash_distance)
+    return candidates[_dhash_distances(manifest, candidates) <= max_dhash_distance]
+
+
+def consecutive_pairs(manifest: pd.DataFrame, max_dhash_distance: int) -> np.ndarray:
+    """Index pairs (i, j), i < j, of consecutively numbered files of one folder that look alike.
+
+    A pair qualifies when the two `path`s share their folder and the series of their
+    names and are numbered n and n + 1 (`numbered_name`: `images/train/glioma_tumor/gg
+    (542).jpg` and `.../gg (543).jpg`), and the distance of their `dhash` or of their
+    `content_dhash` is <= `max_dhash_distance`. Returns an int64 array of shape (K, 2)
+    sorted by i then j.
+    """
+    _check_dhash_distance(max_dhash_distance)
+    numbered = []
+    for row, path in enumerate(manifest["path"].astype(str)):
+        folder, _, name = path.rpartition("/")
+        series_and_number = numbered_name(name)
+        if series_and_number is not None:
+            numbered.append((folder, *series_and_number, row))
+    files = pd.DataFrame(numbered, columns=["folder", "series", "number", "row"])
+    files = files.astype({"number": np.int64, "row": np.int64})
+    following = files.assign(number=files["number"] - 1)  # n + 1, keyed by n
+    matched = files.merge(following, on=["folder", "series", "number"], suffixes=("", "_next"))
+    pairs = np.sort(matched[["row", "row_next"]].to_numpy(dtype=np.int64), axis=1)
+    pairs = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
+    return pairs[_dhash_distances(manifest, pairs) <= max_dhash_distance]
+
+
+def _check_dhash_distance(max_dhash_distance: int) -> None:
     if not 0 <= max_dhash_distance <= 256:
         raise ValueError(
             f"max_dhash_distance must be in 0..256 (bits of a dhash), got {max_dhash_distance}"
         )
-    candidates = near_duplicate_pairs(manifest["phash"].tolist(), max_phash_distance)
+
+
+def _dhash_distances(manifest: pd.DataFrame, pairs: np.ndarray) -> np.ndarray:
+    """Per pair (K, 2) of rows, the smaller of the `dhash` and `content_dhash` distances."""
     whole, content = (
-        pair_distances(dhash_to_words(manifest[column].tolist(), column), candidates)
+        pair_distances(dhash_to_words(manifest[column].tolist(), column), pairs)
         for column in NEIGHBOUR_COLUMNS
     )
-    return candidates[np.minimum(whole, content) <= max_dhash_distance]
+    return np.minimum(whole, content)
 
 
 def _same_value_edges(values: pd.Series) -> np.ndarray:
@@ -154,17 +196,23 @@ def _same_value_edges(values: pd.Series) -> np.ndarray:
 
 
 def leak_groups(
-    manifest: pd.DataFrame, max_distance: int, neighbours: tuple[int, int] | None = None
+    manifest: pd.DataFrame,
+    max_distance: int,
+    neighbours: tuple[int, int] | None = None,
+    consecutive: int | None = None,
 ) -> np.ndarray:
     """Connected components of 'may leak into each other' over the manifest's rows.
 
     Two rows are joined when they share `group_id`, share `sha256`, their `phash`
-    Hamming distance is <= `max_distance`, or, with `neighbours` = (max phash distance,
-    max dhash distance), they are `neighbour_pairs`. Returns an int64 array of shape
+    Hamming distance is <= `max_distance`, with `neighbours` = (max phash distance,
+    max dhash distance) when they are `neighbour_pairs`, or with `consecutive` = max
+    dhash distance when they are `consecutive_pairs`. Returns an int64 array of shape
     (N,), in row order: components are numbered 0, 1, ... in order of their first row, so
     the same manifest (in the same row order) always gives the same numbers.
     """
-    needed = [*LEAK_GROUP_COLUMNS, *(NEIGHBOUR_COLUMNS if neighbours is not None else ())]
+    with_dhash = neighbours is not None or consecutive is not None
+    needed = [*LEAK_GROUP_COLUMNS, *(NEIGHBOUR_COLUMNS if with_dhash else ())]
+    needed += ["path"] if consecutive is not None else []
     missing = [c for c in needed if c not in manifest.columns]
     if missing:
         raise ValueError(
@@ -188,6 +236,7 @@ def leak_groups(
             _same_value_edges(manifest["sha256"]),
             near_duplicate_pairs(manifest["phash"].tolist(), max_distance),
             neighbour_pairs(manifest, *neighbours) if neighbours is not None else _NO_EDGES,
+            consecutive_pairs(manifest, consecutive) if consecutive is not None else _NO_EDGES,
         ]
     )
     graph = coo_matrix(

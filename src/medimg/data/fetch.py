@@ -202,6 +202,43 @@ def _bad_files_message(source: str, bad: list[tuple[str, str]]) -> str:
     )
 
 
+def _too_small(image: ImageInfo, min_size: int) -> str | None:
+    """Why `image` is too small to use, or None: its shorter side is under `min_size` px.
+
+    Such an image (a 1 x 1 placeholder, an icon) decodes, but holds too little to learn
+    from, and predict refuses it (medimg.inference.DEFAULT_MIN_SIZE).
+    """
+    if min(image.width, image.height) >= min_size:
+        return None
+    return (
+        f"image is {image.width} x {image.height} px; the shorter side must be at least "
+        f"{min_size} px (fetch.min_image_size)"
+    )
+
+
+def _inspect(
+    copied: list[tuple[LayoutEntry, str]], staging: Path, min_size: int, workers: int | None
+) -> tuple[list[tuple[LayoutEntry, str, ImageInfo]], list[tuple[str, str]]]:
+    """Decode the copied images: ((entry, sha256, info) of the good, (member, reason) of the bad).
+
+    `copied`: (entry, sha256) of each file copied into `staging`; bad files are the
+    undecodable ones and those under `min_size` px (`_too_small`).
+    """
+    results = inspect_images([staging / entry.target for entry, _ in copied], workers)
+    good: list[tuple[LayoutEntry, str, ImageInfo]] = []
+    bad: list[tuple[str, str]] = []
+    for (entry, sha), result in zip(copied, results, strict=True):
+        if isinstance(result, str):
+            # A decoder's message may name the file it read: the staging copy, a temporary
+            # path nobody can look up. Name the member of the source instead.
+            reason = result.replace(str(staging / entry.target), entry.source)
+        elif (reason := _too_small(result, min_size)) is None:
+            good.append((entry, sha, result))
+            continue
+        bad.append((entry.source, reason))
+    return good, bad
+
+
 def _build(
     name: str,
     cfg: DatasetConfig,
@@ -217,15 +254,8 @@ def _build(
         target.parent.mkdir(parents=True, exist_ok=True)
         copied.append((entry, _copy_hashing(tree, entry.source, target)))
 
-    results = inspect_images([staging / entry.target for entry, _ in copied], workers)
-    bad = list(match.misplaced)
-    good: list[tuple[LayoutEntry, str, ImageInfo]] = []
-    for (entry, sha), result in zip(copied, results, strict=True):
-        if isinstance(result, str):
-            bad.append((entry.source, result))
-        else:
-            good.append((entry, sha, result))
-    bad.sort()
+    good, bad = _inspect(copied, staging, cfg.fetch.min_image_size, workers)
+    bad = sorted([*match.misplaced, *bad])
     if bad and cfg.fetch.on_bad_image == "fail":
         raise FetchError(_bad_files_message(cfg.fetch.source, bad))
     if bad:

@@ -56,6 +56,26 @@ def patient_id(filename: str) -> str:
     )
 
 
+# The last run of digits of a file name's stem and what surrounds it: "gg (542)" ->
+# ("gg (", "542", ")").
+_LAST_NUMBER = re.compile(r"(?P<head>.*?)(?P<number>\d+)(?P<tail>\D*)")
+
+
+def numbered_name(filename: str) -> tuple[str, int] | None:
+    """A file name's series and number: the name with its last number replaced by `#`.
+
+    `gg (542).jpg` -> ("gg (#).jpg", 542), `m1(28).jpg` -> ("m1(#).jpg", 28), `12.jpg` ->
+    ("#.jpg", 12); None for a name without digits (`image.jpg`). The MRI release numbers
+    the images of each class folder in order, so that n and n + 1 of one series are
+    often adjacent slices of one scan (docs/data.md).
+    """
+    path = PurePosixPath(filename)
+    match = _LAST_NUMBER.fullmatch(path.stem)
+    if match is None:
+        return None
+    return f"{match['head']}#{match['tail']}{path.suffix}", int(match["number"])
+
+
 def first_16_hex_of_sha256(filename: str, sha256: str) -> str:
     """MRI group id: byte-identical files share it (the file name carries no patient)."""
     return sha256[:16]

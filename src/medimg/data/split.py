@@ -7,7 +7,8 @@ protocols on the same fetched data (`runs.<name>.split_protocol` picks one). Pro
 - official: test is the source's test split, as published. Val is carved from the
   source train (+ source val) images, grouped by leak group and stratified by label.
   Train/val images whose leak group also occurs in the source test (same patient,
-  byte-identical, near-duplicate or neighbour) are excluded and listed in the report.
+  byte-identical, near-duplicate, neighbour or consecutive file) are excluded and listed
+  in the report.
 - pooled: all images pooled, then test and val carved off, grouped by leak group and
   stratified by label; every leak group lies on one side.
 - thesis: the thesis's own protocol, kept for like-for-like comparison; it ignores
@@ -94,17 +95,20 @@ def neighbour_rule(cfg: SplitConfig) -> tuple[int, int] | None:
 
 
 def add_leak_groups(
-    manifest: pd.DataFrame, max_distance: int, neighbours: tuple[int, int] | None = None
+    manifest: pd.DataFrame,
+    max_distance: int,
+    neighbours: tuple[int, int] | None = None,
+    consecutive: int | None = None,
 ) -> pd.DataFrame:
     """Return the manifest sorted by path with an int `leak_group` column added.
 
-    `max_distance` and `neighbours` are `leak_groups`'s. Sorting first makes the
-    leak-group numbers depend on the images only, not on the row order the manifest
-    came in.
+    `max_distance`, `neighbours` and `consecutive` are `leak_groups`'s. Sorting first
+    makes the leak-group numbers depend on the images only, not on the row order the
+    manifest came in.
     """
     ordered = manifest.sort_values("path", kind="stable").reset_index(drop=True)
     try:
-        groups = leak_groups(ordered, max_distance, neighbours)
+        groups = leak_groups(ordered, max_distance, neighbours, consecutive)
     except ValueError as err:
         raise SplitError(f"manifest: {err}") from None
     return ordered.assign(leak_group=groups)
@@ -240,9 +244,14 @@ def _linking_rules(cfg: SplitConfig) -> str:
     """The rules that join images into one leak group, as said in exclusion reasons."""
     rules = f"patients, identical files or phash distance <= {cfg.near_duplicate_max_distance}"
     neighbours = neighbour_rule(cfg)
-    if neighbours is None:
-        return rules
-    return f"{rules} or neighbours (phash <= {neighbours[0]} and dhash <= {neighbours[1]})"
+    if neighbours is not None:
+        rules += f" or neighbours (phash <= {neighbours[0]} and dhash <= {neighbours[1]})"
+    if cfg.consecutive_max_dhash_distance is not None:
+        rules += (
+            " or consecutive files (numbered n, n + 1 in one folder) with dhash <= "
+            f"{cfg.consecutive_max_dhash_distance}"
+        )
+    return rules
 
 
 def _exclusion_reason(row: pd.Series, test: pd.DataFrame, rules: str) -> str:
@@ -310,6 +319,7 @@ def split_report(
         "near_duplicate_max_distance": cfg.near_duplicate_max_distance,
         "neighbour_max_phash_distance": cfg.neighbour_max_phash_distance,
         "neighbour_max_dhash_distance": cfg.neighbour_max_dhash_distance,
+        "consecutive_max_dhash_distance": cfg.consecutive_max_dhash_distance,
         "n_leak_groups": int(manifest["leak_group"].nunique()),
         "largest_leak_group": int(manifest["leak_group"].value_counts().max()),
         "notes": _report_notes(has_patients, leaky, len(excluded)),
@@ -321,8 +331,8 @@ def _report_notes(has_patients: bool, leaky: bool, n_excluded: int) -> list[str]
     if not has_patients:
         notes.append(
             "patient_overlap is null: the mri layout has no patient ids (group_id is a "
-            "content hash); duplicate_overlap covers identical, near-duplicate and "
-            "neighbour images"
+            "content hash); duplicate_overlap covers identical, near-duplicate, "
+            "neighbour and consecutive images"
         )
     if leaky:
         notes.append(
@@ -412,7 +422,10 @@ def split_dataset(
             f"{manifest_path}: label(s) {unknown} are not in datasets.{name}.classes {cfg.classes}"
         )
     rows = add_leak_groups(
-        manifest, cfg.split.near_duplicate_max_distance, neighbour_rule(cfg.split)
+        manifest,
+        cfg.split.near_duplicate_max_distance,
+        neighbour_rule(cfg.split),
+        cfg.split.consecutive_max_dhash_distance,
     )
     outputs = {
         protocol: _split_files(rows, cfg, name, protocol) for protocol in cfg.split.protocols

@@ -35,7 +35,7 @@ class SplitPredictions:
 
 def predict_splits(model: Any, data: Any) -> SplitPredictions:
     """Class probabilities of `model` (a keras.Model) on `data`'s (PreparedData) val and test."""
-    from medimg.inference.keras_model import predict_proba
+    from medimg.inference.probabilities import predict_proba
 
     return SplitPredictions(
         y={split: np.asarray(data.split(split).y) for split in EVALUATED_SPLITS},

@@ -15,10 +15,13 @@
 Modules import Keras or MLflow only where they need them, so `captions` stays light.
 """
 
+from medimg.config.datasets import MIN_IMAGE_SIZE
+
 # Settings the CLI shows in --help; here so that building the parser imports nothing heavy.
 # Below this many pixels on the shorter side an image holds too little to classify (a
-# thumbnail, an icon, a 1 x 1 placeholder), yet a model would still answer confidently.
-DEFAULT_MIN_SIZE = 32
+# thumbnail, an icon, a 1 x 1 placeholder), yet a model would still answer confidently:
+# the fetch stage's minimum, so that training never sees an image predict would refuse.
+DEFAULT_MIN_SIZE = MIN_IMAGE_SIZE
 # Images decoded, then classified, together: at 600 px x 1 channel a batch is about 6 MB.
 DEFAULT_BATCH_SIZE = 16
 FORMATS = ("table", "json", "csv")

@@ -119,13 +119,14 @@ class ImageClassifier:
     @classmethod
     def from_files(cls, model_file: Path, preprocessing_file: Path) -> ImageClassifier:
         """Load model.keras (without compile state) and its preprocessing.json."""
-        from medimg.inference.keras_model import load_model
+        from medimg.models.saved import ModelFileError, load_model
 
         preprocessing = read_preprocessing(preprocessing_file)
         try:
             model = load_model(model_file)
-        except (OSError, ValueError) as err:
-            raise PredictError(f"{model_file}: not a loadable Keras model ({err})") from None
+        # Missing, damaged, foreign or hostile: one line naming the file either way.
+        except (FileNotFoundError, ModelFileError) as err:
+            raise PredictError(str(err)) from None
         return cls(model, preprocessing, name=str(model_file.parent))
 
     @classmethod
@@ -188,7 +189,7 @@ class ImageClassifier:
 
     def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """(N, H, W, C) uint8 -> (N, n_classes) float32 class probabilities."""
-        from medimg.inference.keras_model import predict_proba
+        from medimg.inference.probabilities import predict_proba
 
         return predict_proba(self.model, pixels, batch_size=max(1, len(pixels)))
 

@@ -27,7 +27,8 @@ DOWNLOAD_TIMEOUT_S = 30
 
 
 class WeightsUnavailableError(UserError, RuntimeError):
-    """Pretrained weights were asked for and cannot be had (offline, no cached file)."""
+    """Pretrained weights were asked for and cannot be had (offline, no cached file, or a
+    weights file that does not load)."""
 
 
 def keras_cache_file(name: str) -> Path:
@@ -59,6 +60,11 @@ def _application_base(
         finally:
             socket.setdefaulttimeout(previous_timeout)
     except Exception as err:  # Keras raises a bare Exception for a failed download
+        if kind == "file":  # h5py's OSError, Keras's ValueError: one line naming the file
+            raise WeightsUnavailableError(
+                f"model_options.weights = {weights!r}: not a loadable {application} weights "
+                f"file ({type(err).__name__}: {' '.join(str(err).split())[:200]})"
+            ) from None
         if weights != "imagenet" or keras_cache_file(imagenet_file).is_file():
             raise
         raise WeightsUnavailableError(

@@ -45,10 +45,13 @@ def load_source_model(path: Path) -> keras.Model:
     model_file = path / MODEL_FILE if path.is_dir() else path
     if not model_file.is_file():
         raise TransferError(f"{model_file}: no saved model there to take weights from")
+    # Imported here: medimg.training imports this module (fit.py).
+    from medimg.models.saved import ModelFileError, load_model
+
     try:
-        model = keras.saving.load_model(model_file, compile=False)
-    except Exception as err:  # Keras raises several types for a damaged or foreign file
-        raise TransferError(f"{model_file}: cannot load the model ({err})") from None
+        model = load_model(model_file)
+    except ModelFileError as err:  # damaged, foreign or hostile; one line naming the file
+        raise TransferError(str(err)) from None
     names = [layer.name for layer in model.layers]
     return model.get_layer(BACKBONE_NAME) if BACKBONE_NAME in names else model
 

@@ -123,7 +123,7 @@ def train_and_evaluate_seed(run: RunConfig, data, work: Path, seed: int, out: Pa
     from medimg.evaluation.predictions import data_fingerprint, predict_splits, save_predictions
     from medimg.evaluation.seed_evaluation import evaluate_predictions, save_test_predictions
     from medimg.evaluation.test_predictions import TEST_PREDICTIONS_FILE, prepared_test_paths
-    from medimg.inference.keras_model import load_model
+    from medimg.models.saved import load_model
     from medimg.training.fit import fit_one_seed
 
     fit = fit_one_seed(run, data, work, seed)

@@ -32,9 +32,9 @@ from medimg.evaluation.predictions import (
     save_predictions,
 )
 from medimg.evaluation.statistics import summarize
-from medimg.inference.keras_model import load_model
 from medimg.inference.pyfunc import log_classifier_model
 from medimg.models.options import weights_kind
+from medimg.models.saved import load_model
 from medimg.training.checkpoints import read_history
 from medimg.training.fit import fit_one_seed
 from medimg.training.run_lock import exclusive_run

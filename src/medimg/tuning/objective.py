@@ -20,7 +20,8 @@ from medimg.config.runs import RunConfig
 from medimg.config.studies import StudyConfig, run_with_values
 from medimg.data.prepared import PreparedData
 from medimg.evaluation.metrics import classification_metrics
-from medimg.inference.keras_model import load_model, predict_proba
+from medimg.inference.probabilities import predict_proba
+from medimg.models.saved import load_model
 from medimg.training.fit import fit_one_seed
 from medimg.training.train_stage import resolve_initial_weights
 from medimg.tuning.pruning import EpochPruning

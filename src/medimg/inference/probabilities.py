@@ -1,19 +1,9 @@
-"""Class probabilities from a trained model, in one layout for binary and multiclass."""
+"""Class probabilities from a Keras model, in one layout for binary and multiclass."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import keras
 import numpy as np
-
-
-def load_model(path: Path) -> keras.Model:
-    """Load a saved .keras model for inference (not compiled: no loss or metrics needed)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no saved model there; run the train stage first")
-    return keras.saving.load_model(path, compile=False)
 
 
 def predict_proba(model: keras.Model, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
