@@ -23,7 +23,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from medimg.tracking import tracking_uri
+from medimg.tracking.store import tracking_uri
 
 
 def free_port() -> int:

@@ -134,18 +134,18 @@ def log_and_register(model_dir: Path, name: str, run_name: str = "tiny") -> dict
     import mlflow
     from mlflow import MlflowClient
 
-    from medimg import tracking
     from medimg.inference.pyfunc import log_classifier_model
+    from medimg.tracking import model_registry, store
 
-    uri = tracking.tracking_uri()
+    uri = store.tracking_uri()
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
-    experiment_id = tracking.get_or_create_experiment(client, f"medimg-{name}")
+    experiment_id = store.get_or_create_experiment(client, f"medimg-{name}")
     preprocessing = json.loads((model_dir / "preprocessing.json").read_text())
     size, channels = preprocessing["image_size"], preprocessing["channels"]
     examples = np.stack([gradient_image(size, size)[..., None]] * 2)
     examples = np.repeat(examples, channels, axis=-1)
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
         model_id = log_classifier_model(model_dir / "model.keras", preprocessing, examples)
-    tracking.register_best(client, model_id, run.info.run_id, name, run_name, 0, 0.75)
+    model_registry.register_best(client, model_id, run.info.run_id, name, run_name, 0, 0.75)
     return {"run_id": run.info.run_id, "model_id": model_id}

@@ -15,8 +15,8 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
-from medimg import tracking
 from medimg.evaluation.test_predictions import TEST_PREDICTIONS_FILE, write_test_predictions
+from medimg.tracking import store
 
 
 class Store:
@@ -27,7 +27,7 @@ class Store:
         self.uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
         self.client = MlflowClient(self.uri)
         self.experiments = {
-            name: tracking.get_or_create_experiment(self.client, f"medimg-{name}")
+            name: store.get_or_create_experiment(self.client, f"medimg-{name}")
             for name in ("chest_xray", "brain_tumor_mri")
         }
 

@@ -6,6 +6,7 @@ own second server on the same database, so that killing it disturbs no other tes
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import threading
@@ -18,10 +19,10 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from medimg import tracking, tracking_callbacks
 from medimg.config.params import Params
 from medimg.team.mlflow_server import start_mlflow_server, stop_process_group
 from medimg.team.stack import Stack, free_port
+from medimg.tracking import callbacks, store
 from medimg.training.train_stage import run_train
 
 # The tiny configuration and prepared arrays of the train stage's own tests.
@@ -34,7 +35,7 @@ def _tiny_params(experiment_prefix: str) -> Params:
     """The train stage tests' params, with an experiment of this test's own on the shared server."""
     params = _params()
     update = {"experiment_prefix": experiment_prefix, "registered_model_prefix": experiment_prefix}
-    return params.model_copy(update={"tracking": params.tracking.model_copy(update=update)})
+    return dataclasses.replace(params, tracking=params.tracking.model_copy(update=update))
 
 
 @pytest.fixture
@@ -92,18 +93,18 @@ def test_postgresql_store_with_a_wrong_password_or_database_is_one_line(
 ) -> None:
     """MLFLOW_TRACKING_URI straight at the real PostgreSQL: a usable URL passes, bad ones fail."""
     good = cluster_stack.database_url("mlflow", host="127.0.0.1")
-    tracking.ensure_reachable(good)
+    store.ensure_reachable(good)
     wrong_password = good.replace(f":{cluster_stack.password}@", ":not-it@")
     missing_database = good.removesuffix("/mlflow") + "/nothing"
     for uri, reason in [
         (wrong_password, 'password authentication failed for user "medimg"'),
         (missing_database, 'database "nothing" does not exist'),
     ]:
-        with pytest.raises(tracking.TrackingError) as raised:
-            tracking.ensure_reachable(uri, timeout_s=3)
+        with pytest.raises(store.TrackingError) as raised:
+            store.ensure_reachable(uri, timeout_s=3)
         message = str(raised.value)
         assert "\n" not in message and reason in message
-        assert message.startswith(f"MLflow store {tracking.masked_uri(uri)}: cannot connect")
+        assert message.startswith(f"MLflow store {store.masked_uri(uri)}: cannot connect")
         assert cluster_stack.password not in message and "not-it" not in message
 
 
@@ -159,7 +160,7 @@ def test_training_carries_on_when_the_tracking_server_restarts(
     events: list[tuple[str, float]] = []
     restarts: list[threading.Thread] = []
 
-    class KillServerAfterFirstEpoch(tracking_callbacks.MlflowEpochLogger):
+    class KillServerAfterFirstEpoch(callbacks.MlflowEpochLogger):
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             if not restarts:
                 own_server.kill()
@@ -168,7 +169,7 @@ def test_training_carries_on_when_the_tracking_server_restarts(
             super().on_epoch_end(epoch, logs)
             events.append((f"logged epoch {epoch + 1}", time.monotonic()))
 
-    monkeypatch.setattr(tracking_callbacks, "MlflowEpochLogger", KillServerAfterFirstEpoch)
+    monkeypatch.setattr(callbacks, "MlflowEpochLogger", KillServerAfterFirstEpoch)
     summary = run_train(_tiny_params("restarted").run_settings("tiny"))
     restarts[0].join()
 
@@ -197,7 +198,7 @@ def test_training_stopped_by_a_long_outage_resumes_on_rerun(
     # One quick retry stands in for MLflow's four minutes of them.
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
-    real_logger = tracking_callbacks.MlflowEpochLogger
+    real_logger = callbacks.MlflowEpochLogger
 
     class KillServerAfterFirstEpoch(real_logger):
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
@@ -205,10 +206,10 @@ def test_training_stopped_by_a_long_outage_resumes_on_rerun(
                 own_server.kill()
             super().on_epoch_end(epoch, logs)
 
-    monkeypatch.setattr(tracking_callbacks, "MlflowEpochLogger", KillServerAfterFirstEpoch)
+    monkeypatch.setattr(callbacks, "MlflowEpochLogger", KillServerAfterFirstEpoch)
     with pytest.raises(Exception) as raised:
         run_train(_tiny_params("outage").run_settings("tiny"))
-    errors = [e for e in _exception_chain(raised.value) if isinstance(e, tracking.TrackingError)]
+    errors = [e for e in _exception_chain(raised.value) if isinstance(e, store.TrackingError)]
     assert errors, f"no TrackingError in {raised.value!r}"
     message = str(errors[0])
     assert "\n" not in message
@@ -216,7 +217,7 @@ def test_training_stopped_by_a_long_outage_resumes_on_rerun(
     assert "re-run the stage to resume" in message
 
     own_server.process = own_server._start()
-    monkeypatch.setattr(tracking_callbacks, "MlflowEpochLogger", real_logger)
+    monkeypatch.setattr(callbacks, "MlflowEpochLogger", real_logger)
     client = MlflowClient(own_server.uri)
     experiment_id = client.get_experiment_by_name("outage-chest_xray").experiment_id
     # nothing could tell the server: the runs are RUNNING until the re-run finishes them

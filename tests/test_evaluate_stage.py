@@ -25,7 +25,6 @@ import yaml
 from mlflow import MlflowClient
 from PIL import Image
 
-from medimg import tracking
 from medimg.config.params import Params, load_params, parse_params
 from medimg.data.prepared import load_prepared
 from medimg.evaluation.evaluate_stage import (
@@ -47,6 +46,7 @@ from medimg.evaluation.test_predictions import (
 )
 from medimg.inference.predict import PredictError, predict_image
 from medimg.reporting.thesis import load_thesis_results
+from medimg.tracking import store
 
 IMAGE_SIZE = 8
 RUN = "tiny_run"
@@ -168,7 +168,7 @@ def build_setup(root: Path, classes: list[str], test_labels: np.ndarray) -> Setu
     prepared = load_prepared(root / "data" / "prepared" / DATASET / PROTOCOL)
     uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
     client = MlflowClient(uri)
-    experiment_id = tracking.get_or_create_experiment(client, f"medimg-{DATASET}")
+    experiment_id = store.get_or_create_experiment(client, f"medimg-{DATASET}")
     parent = client.create_run(experiment_id, run_name=RUN)
     models = root / "models" / RUN
     seeds = []

@@ -1,7 +1,7 @@
 """Model sources: local folders, runs:/ and models:/ URIs from a real sqlite MLflow store.
 
 The model is logged with `log_classifier_model` and registered with
-`tracking.register_best`, as the train stage does; `medimg predict` then takes the
+`model_registry.register_best`, as the train stage does; `medimg predict` then takes the
 registry URI and must give the same probabilities as the local folder.
 """
 
@@ -23,10 +23,10 @@ from inference_support import (
     log_and_register,
     save_model_folder,
 )
-from medimg import tracking
 from medimg.cli import main
 from medimg.inference.errors import ModelSourceError
 from medimg.inference.sources import resolve_model_source
+from medimg.tracking import store as tracking_store
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "medimg-tiny"
@@ -43,7 +43,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
         model_dir = save_model_folder(root / "seed-0", build_model(), BINARY)
         ids = log_and_register(model_dir, NAME)
         with mlflow.start_run(
-            experiment_id=tracking.get_or_create_experiment(mlflow.MlflowClient(uri), "older")
+            experiment_id=tracking_store.get_or_create_experiment(mlflow.MlflowClient(uri), "older")
         ) as older:
             mlflow.keras.log_model(build_model(), name="model")  # no preprocessing.json
     return {"uri": uri, "model_dir": model_dir, "older_run": older.info.run_id, **ids}

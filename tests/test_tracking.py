@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from medimg import tracking, tracking_callbacks
+from medimg.tracking import callbacks, model_registry, runs
+from medimg.tracking import store as tracking_store
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowClient]:
 @pytest.fixture
 def experiment_id(store: MlflowClient, request: pytest.FixtureRequest) -> str:
     """A fresh experiment per test, named after it."""
-    return tracking.get_or_create_experiment(store, request.node.name)
+    return tracking_store.get_or_create_experiment(store, request.node.name)
 
 
 def _closed_port() -> int:
@@ -68,7 +69,7 @@ def health_server() -> Iterator[tuple[str, type[_Health]]]:
 
 
 def test_flatten_params_dots_keys_and_writes_non_strings_as_json() -> None:
-    flat = tracking.flatten_params(
+    flat = runs.flatten_params(
         {"epochs": 3, "augmentation": {"zoom_range": (1.0, 1.2), "where": "auto"}, "x": None},
         prefix="run.",
     )
@@ -81,7 +82,7 @@ def test_flatten_params_dots_keys_and_writes_non_strings_as_json() -> None:
 
 
 def test_flatten_params_cuts_values_to_the_portable_limit() -> None:
-    flat = tracking.flatten_params({"long": "a" * 1000, "short": "b" * 500, "empty": {}})
+    flat = runs.flatten_params({"long": "a" * 1000, "short": "b" * 500, "empty": {}})
     assert len(flat["long"]) == 500
     assert flat["long"].endswith("...")
     assert flat["short"] == "b" * 500
@@ -90,16 +91,16 @@ def test_flatten_params_cuts_values_to_the_portable_limit() -> None:
 
 def test_unreachable_server_fails_fast_naming_the_uri() -> None:
     uri = f"http://127.0.0.1:{_closed_port()}"
-    with pytest.raises(tracking.TrackingError, match=uri):
-        tracking.ensure_reachable(uri, timeout_s=2)
+    with pytest.raises(tracking_store.TrackingError, match=uri):
+        tracking_store.ensure_reachable(uri, timeout_s=2)
 
 
 def test_server_health_decides_reachability(health_server: tuple[str, type[_Health]]) -> None:
     uri, handler = health_server
-    tracking.ensure_reachable(uri)
+    tracking_store.ensure_reachable(uri)
     handler.status = 503
-    with pytest.raises(tracking.TrackingError, match=uri):
-        tracking.ensure_reachable(uri)
+    with pytest.raises(tracking_store.TrackingError, match=uri):
+        tracking_store.ensure_reachable(uri)
 
 
 def test_default_store_is_sqlite_under_root_with_artifacts_beside_it(
@@ -107,23 +108,23 @@ def test_default_store_is_sqlite_under_root_with_artifacts_beside_it(
 ) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("MEDIMG_ROOT", str(tmp_path))
-    assert tracking.tracking_uri() == f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    assert tracking_store.tracking_uri() == f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     expected = (tmp_path / "mlruns" / "artifacts").as_uri() + "/medimg-chest_xray"
-    assert tracking.artifact_location("medimg-chest_xray") == expected
-    assert tracking.artifact_location("x", "http://mlflow.example.org") is None
+    assert tracking_store.artifact_location("medimg-chest_xray") == expected
+    assert tracking_store.artifact_location("x", "http://mlflow.example.org") is None
 
 
 def test_experiment_is_created_once_with_its_artifact_location(store: MlflowClient) -> None:
-    name = tracking.experiment_name("medimg", "chest_xray")
+    name = tracking_store.experiment_name("medimg", "chest_xray")
     assert name == "medimg-chest_xray"
-    first = tracking.get_or_create_experiment(store, name)
-    assert tracking.get_or_create_experiment(store, name) == first
+    first = tracking_store.get_or_create_experiment(store, name)
+    assert tracking_store.get_or_create_experiment(store, name) == first
     location = store.get_experiment(first).artifact_location
     store_folder = Path(store.tracking_uri.removeprefix("sqlite:///")).parent
     assert location == (store_folder / "artifacts").as_uri() + "/medimg-chest_xray"
     store.delete_experiment(first)
-    with pytest.raises(tracking.TrackingError, match="deleted"):
-        tracking.get_or_create_experiment(store, name)
+    with pytest.raises(tracking_store.TrackingError, match="deleted"):
+        tracking_store.get_or_create_experiment(store, name)
 
 
 def test_epoch_logger_logs_every_epoch_and_continues_steps_on_resume(
@@ -134,7 +135,7 @@ def test_epoch_logger_logs_every_epoch_and_continues_steps_on_resume(
     model.compile(optimizer="sgd", loss="binary_crossentropy", metrics=["accuracy"])
     x = np.random.default_rng(0).normal(size=(8, 4)).astype("float32")
     y = (x[:, 0] > 0).astype("float32")
-    logger = tracking_callbacks.MlflowEpochLogger(run_id)
+    logger = callbacks.MlflowEpochLogger(run_id)
     model.fit(x, y, validation_data=(x, y), epochs=2, verbose=0, callbacks=[logger])
     # a resumed fit starts at the epoch where the interrupted one stopped
     model.fit(x, y, epochs=3, initial_epoch=2, verbose=0, callbacks=[logger])
@@ -149,12 +150,12 @@ def test_resumable_run_continues_the_run_named_in_its_id_file(
     id_file = tmp_path / "work" / "seed-0.mlflow_run_id"
     with (
         pytest.raises(RuntimeError, match="killed"),
-        tracking.resumable_run(id_file, experiment_id, "r/seed-0", {"medimg.seed": "0"}) as run,
+        runs.resumable_run(id_file, experiment_id, "r/seed-0", {"medimg.seed": "0"}) as run,
     ):
         mlflow.log_metric("loss", 1.0, step=1)
         raise RuntimeError("killed")
     assert store.get_run(run.info.run_id).info.status == "FAILED"
-    with tracking.resumable_run(id_file, experiment_id, "r/seed-0", {"medimg.seed": "0"}) as again:
+    with runs.resumable_run(id_file, experiment_id, "r/seed-0", {"medimg.seed": "0"}) as again:
         mlflow.log_metric("loss", 0.5, step=2)
     assert again.info.run_id == run.info.run_id == id_file.read_text()
     assert store.get_run(run.info.run_id).info.status == "FINISHED"
@@ -168,13 +169,13 @@ def test_a_store_failure_leaves_the_run_running_and_off_the_active_stack(
     """TrackingError: the store is not told (it failed); the process can start the run again."""
     id_file = tmp_path / "work" / "seed-0.mlflow_run_id"
     with (
-        pytest.raises(tracking.TrackingError),
-        tracking.resumable_run(id_file, experiment_id, "r/seed-0", {"medimg.seed": "0"}) as run,
+        pytest.raises(tracking_store.TrackingError),
+        runs.resumable_run(id_file, experiment_id, "r/seed-0", {"medimg.seed": "0"}) as run,
     ):
-        raise tracking.TrackingError("store down")
+        raise tracking_store.TrackingError("store down")
     assert mlflow.active_run() is None
     assert store.get_run(run.info.run_id).info.status == "RUNNING"
-    with tracking.resumable_run(id_file, experiment_id, "r/seed-0", {"medimg.seed": "0"}) as again:
+    with runs.resumable_run(id_file, experiment_id, "r/seed-0", {"medimg.seed": "0"}) as again:
         pass
     assert again.info.run_id == run.info.run_id
     assert store.get_run(run.info.run_id).info.status == "FINISHED"
@@ -184,7 +185,7 @@ def test_run_tags_name_the_commit_and_whether_the_tree_is_dirty(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MEDIMG_ROOT", str(tmp_path))
-    tags = tracking.run_tags("xray_cnn", "f" * 64, "official", seed=3)
+    tags = runs.run_tags("xray_cnn", "f" * 64, "official", seed=3)
     assert tags["medimg.git_commit"] == "unknown"  # tmp_path is no repository
     assert tags["medimg.seed"] == "3"
     assert tags["medimg.dataset_fingerprint"] == "f" * 64
@@ -200,18 +201,18 @@ def test_run_tags_name_the_commit_and_whether_the_tree_is_dirty(
     (tmp_path / "a.txt").write_text("a")
     git("add", "a.txt")
     git("commit", "-qm", "first")
-    clean = tracking.run_tags("xray_cnn", "f" * 64, "official")
+    clean = runs.run_tags("xray_cnn", "f" * 64, "official")
     assert clean["medimg.git_commit"] == git("rev-parse", "HEAD").strip()
     assert clean["medimg.git_dirty"] == "false"
     (tmp_path / "a.txt").write_text("changed")
-    assert tracking.run_tags("xray_cnn", "f" * 64, "official")["medimg.git_dirty"] == "true"
+    assert runs.run_tags("xray_cnn", "f" * 64, "official")["medimg.git_dirty"] == "true"
 
 
 def test_alias_names_are_sanitised_and_reserved_ones_refused() -> None:
-    assert tracking.alias_name("xray cnn/aug-best") == "xray-cnn-aug-best"
+    assert model_registry.alias_name("xray cnn/aug-best") == "xray-cnn-aug-best"
     for reserved in ("latest", "v3"):
         with pytest.raises(ValueError, match="alias"):
-            tracking.alias_name(reserved)
+            model_registry.alias_name(reserved)
 
 
 def _logged_model(experiment_id: str, run_name: str) -> tuple[str, str]:
@@ -227,11 +228,11 @@ def _logged_model(experiment_id: str, run_name: str) -> tuple[str, str]:
 def test_champion_alias_follows_the_best_validation_auc(
     store: MlflowClient, experiment_id: str
 ) -> None:
-    name = tracking.registered_model_name("medimg", "chest_xray")
+    name = model_registry.registered_model_name("medimg", "chest_xray")
     versions = {}
     for run_name, auc in [("cnn", 0.80), ("cnn_aug", 0.90), ("cnn_wide", 0.85)]:
         model_id, run_id = _logged_model(experiment_id, run_name)
-        versions[run_name] = tracking.register_best(
+        versions[run_name] = model_registry.register_best(
             store, model_id, run_id, name, run_name, seed=1, best_val_auc=auc
         )
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from medimg import paths, tracking
+from medimg import paths
+from medimg.tracking import store as tracking_store
 from medimg.training.train_stage import run_train
 
 # The tiny configuration and prepared arrays of the train stage's own tests.
@@ -67,8 +68,8 @@ def _closed_port() -> int:
 
 def _one_line_error(uri: str, timeout_s: float = 10) -> str:
     """The TrackingError of ensure_reachable(uri), checked to be a single line."""
-    with pytest.raises(tracking.TrackingError) as raised:
-        tracking.ensure_reachable(uri, timeout_s=timeout_s)
+    with pytest.raises(tracking_store.TrackingError) as raised:
+        tracking_store.ensure_reachable(uri, timeout_s=timeout_s)
     message = str(raised.value)
     assert "\n" not in message
     return message
@@ -96,12 +97,12 @@ def test_the_default_store_folder_is_created(
     monkeypatch.setenv("MEDIMG_ROOT", str(tmp_path))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert not paths.mlruns_dir().exists()
-    tracking.ensure_reachable()
+    tracking_store.ensure_reachable()
     assert paths.mlruns_dir().is_dir()
     # the same folder named explicitly is the default store too
     other = tmp_path / "elsewhere" / "mlruns"
-    with pytest.raises(tracking.TrackingError, match="does not exist"):
-        tracking.ensure_reachable(f"sqlite:///{other / 'mlflow.db'}")
+    with pytest.raises(tracking_store.TrackingError, match="does not exist"):
+        tracking_store.ensure_reachable(f"sqlite:///{other / 'mlflow.db'}")
 
 
 def test_read_only_database_file_is_refused(
@@ -110,7 +111,7 @@ def test_read_only_database_file_is_refused(
     db = tmp_path / "mlflow.db"
     db.write_bytes(b"")
     uri = f"sqlite:///{db}"
-    tracking.ensure_reachable(uri)  # writable: accepted
+    tracking_store.ensure_reachable(uri)  # writable: accepted
     make_read_only(db)
     message = _one_line_error(uri)
     assert f"the database file {db} is not writable" in message
@@ -136,9 +137,9 @@ def test_read_only_artifact_folder_is_refused_before_training(
     experiment_folder.mkdir(parents=True)
     make_read_only(experiment_folder)
     # another experiment's folder does not exist yet: its parent is writable, so it is fine
-    tracking.ensure_reachable(uri, experiment="medimg-brain_tumor_mri")
-    with pytest.raises(tracking.TrackingError) as raised:
-        tracking.ensure_reachable(uri, experiment="medimg-chest_xray")
+    tracking_store.ensure_reachable(uri, experiment="medimg-brain_tumor_mri")
+    with pytest.raises(tracking_store.TrackingError) as raised:
+        tracking_store.ensure_reachable(uri, experiment="medimg-chest_xray")
     message = str(raised.value)
     assert "\n" not in message
     assert f"the folder {experiment_folder} is not writable" in message
@@ -158,16 +159,18 @@ def test_train_stage_refuses_a_read_only_artifact_folder_before_any_epoch(
     artifacts = tmp_path / "mlruns" / "artifacts"
     artifacts.mkdir(parents=True)
     make_read_only(artifacts)
-    with pytest.raises(tracking.TrackingError, match=f"the folder {artifacts} is not writable"):
+    with pytest.raises(
+        tracking_store.TrackingError, match=f"the folder {artifacts} is not writable"
+    ):
         run_train(_params().run_settings("tiny"))
     assert not (tmp_path / "models").exists()
     assert not paths.work_dir("tiny").exists()
 
 
 def test_artifacts_on_a_server_or_bucket_are_not_checked_locally() -> None:
-    tracking.ensure_artifacts_writable("mlflow-artifacts:/3")
-    tracking.ensure_artifacts_writable("s3://bucket/medimg")
-    tracking.ensure_artifacts_writable(None)
+    tracking_store.ensure_artifacts_writable("mlflow-artifacts:/3")
+    tracking_store.ensure_artifacts_writable("s3://bucket/medimg")
+    tracking_store.ensure_artifacts_writable(None)
 
 
 def test_postgresql_store_that_is_down_fails_in_seconds_with_the_password_masked() -> None:
@@ -188,7 +191,7 @@ def test_train_stage_with_postgresql_down_fails_before_any_output(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     _write_prepared(tmp_path)
     started = time.monotonic()
-    with pytest.raises(tracking.TrackingError) as raised:
+    with pytest.raises(tracking_store.TrackingError) as raised:
         run_train(_params().run_settings("tiny"))
     assert time.monotonic() - started < 10
     assert str(raised.value).startswith(f"MLflow store {uri.replace('s3cret', '***')}: ")
@@ -203,6 +206,9 @@ def test_postgresql_driver_suffix_is_accepted() -> None:
 
 
 def test_masked_uri_hides_only_the_password() -> None:
-    assert tracking.masked_uri("postgresql://u:p%40ss@db:5432/x") == "postgresql://u:***@db:5432/x"
-    assert tracking.masked_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
-    assert tracking.masked_uri("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
+    assert (
+        tracking_store.masked_uri("postgresql://u:p%40ss@db:5432/x")
+        == "postgresql://u:***@db:5432/x"
+    )
+    assert tracking_store.masked_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+    assert tracking_store.masked_uri("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"

@@ -13,10 +13,11 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from medimg import paths, tracking
+from medimg import paths
 from medimg.config.params import Params, parse_params
 from medimg.data.prepared import load_prepared
 from medimg.evaluation.predictions import PREDICTIONS_FILE, data_fingerprint, read_predictions
+from medimg.tracking import model_registry, store
 from medimg.training.train_stage import run_train
 from tiny_data import tiny_datasets, write_tiny_prepared
 
@@ -185,7 +186,7 @@ def test_champion_is_the_best_validation_auc_across_configurations(
         assert int(version.version) == summary["registered"]["version"]
         best_child = next(s for s in summary["seeds"] if s["seed"] == summary["best_seed"])
         assert version.run_id == best_child["child_run_id"]
-        assert float(version.tags[tracking.VAL_AUC_TAG]) == pytest.approx(
+        assert float(version.tags[model_registry.VAL_AUC_TAG]) == pytest.approx(
             best_child["best_val_auc"]
         )
 
@@ -198,7 +199,7 @@ def test_unreachable_tracking_server_fails_before_any_output(
         sock.bind(("127.0.0.1", 0))
         uri = f"http://127.0.0.1:{sock.getsockname()[1]}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    with pytest.raises(tracking.TrackingError, match=uri):
+    with pytest.raises(store.TrackingError, match=uri):
         run_train(_params().run_settings("tiny"))
     assert not (root / "models").exists()
     assert not paths.work_dir("tiny").exists()

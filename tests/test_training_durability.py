@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from medimg import tracking, tracking_callbacks
+from medimg.tracking import callbacks, runs
 from medimg.training.checkpoints import ResumeState, ResumeStateError
 from medimg.training.run_lock import RunLockedError, exclusive_run
 
@@ -189,7 +189,7 @@ def test_runs_left_running_by_dead_processes_are_closed_as_killed(tmp_path: Path
     experiment = client.create_experiment("e", artifact_location=(tmp_path / "a").as_uri())
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    here = tracking.process_tags()
+    here = runs.process_tags()
     orphan = client.create_run(
         experiment, tags={**here, "medimg.pid": str(dead.pid), "medimg.process_start": "1"}
     )
@@ -199,7 +199,7 @@ def test_runs_left_running_by_dead_processes_are_closed_as_killed(tmp_path: Path
     )
     untagged = client.create_run(experiment)
 
-    closed = tracking.close_orphaned_runs(client, [experiment])
+    closed = runs.close_orphaned_runs(client, [experiment])
 
     assert closed == [orphan.info.run_id]
     status = {
@@ -214,10 +214,10 @@ def test_epoch_logger_backfills_epochs_the_killed_process_did_not_log(tmp_path: 
     client = MlflowClient(uri)
     experiment = client.create_experiment("e", artifact_location=(tmp_path / "a").as_uri())
     run_id = client.create_run(experiment).info.run_id
-    logger = tracking_callbacks.MlflowEpochLogger(run_id, uri)
+    logger = callbacks.MlflowEpochLogger(run_id, uri)
     logger.on_epoch_end(0, {"loss": 0.9, "val_auc": 0.5})  # epoch 2 was saved, never logged
     finished = {"loss": [0.9, 0.8], "val_auc": [0.5, 0.6]}
-    resumed = tracking_callbacks.MlflowEpochLogger(run_id, uri, finished)
+    resumed = callbacks.MlflowEpochLogger(run_id, uri, finished)
     resumed.on_train_begin()
     resumed.on_epoch_end(2, {"loss": 0.7, "val_auc": 0.7})
     history = client.get_metric_history(run_id, "epoch_loss")

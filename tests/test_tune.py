@@ -20,11 +20,11 @@ from mlflow import MlflowClient
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
-from medimg import tracking
 from medimg.config.base import ParamsError
 from medimg.config.params import parse_params
 from medimg.config.studies import run_with_values
 from medimg.data.prepared import load_prepared
+from medimg.tracking import store
 from medimg.tuning.storage import (
     HEARTBEAT_INTERVAL_S,
     STORAGE_ENV,
@@ -104,7 +104,7 @@ def _load_study(root: Path, raw: dict) -> optuna.Study:
 
 
 def _mlflow_runs(root: Path, role: str) -> list:
-    client = MlflowClient(tracking.tracking_uri())
+    client = MlflowClient(store.tracking_uri())
     experiment = client.get_experiment_by_name("medimg-chest_xray")
     return client.search_runs([experiment.experiment_id], f"tags.`medimg.role` = '{role}'")
 
@@ -138,7 +138,7 @@ def test_study_tracks_trials_writes_best_params_and_resumes(root: Path) -> None:
         assert float(child.data.params["learning_rate"]) == pytest.approx(
             trial.params["learning_rate"]
         )
-        history = MlflowClient(tracking.tracking_uri()).get_metric_history(
+        history = MlflowClient(store.tracking_uri()).get_metric_history(
             child.info.run_id, "epoch_val_auc"
         )
         assert [m.step for m in history] == [1, 2, 3]

@@ -47,7 +47,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
-from medimg import atomic, paths, tracking
+from medimg import atomic, paths
 from medimg.config.runs import RunConfig, RunSettings
 from medimg.data.prepared import PreparedData, load_prepared
 from medimg.errors import UserError
@@ -75,6 +75,7 @@ from medimg.evaluation.test_predictions import (
     TEST_PREDICTIONS_FILE,
     prepared_test_paths,
 )
+from medimg.tracking import store
 
 SUMMARY_FILE = "summary.json"
 # What each summary.json "seeds" entry must give: the seed's predictions, not its
@@ -353,8 +354,8 @@ def run_evaluate(settings: RunSettings) -> dict[str, Any]:
         )
     for entry in summary["seeds"]:
         _check_preprocessing(run_name, entry["seed"], data)
-    uri = tracking.tracking_uri()
-    tracking.ensure_reachable(uri)
+    uri = store.tracking_uri()
+    store.ensure_reachable(uri)
     client = MlflowClient(uri)
     _check_runs_exist(client, summary, uri)
 

@@ -115,9 +115,9 @@ def encode_image(pixels: np.ndarray) -> str:
 
 
 def _pip_requirements() -> list[str]:
-    from medimg import tracking
+    from medimg.tracking import runs
 
-    versions = dict(tracking.package_versions())
+    versions = dict(runs.package_versions())
     for distribution in _SERVING_DISTRIBUTIONS:
         versions[distribution] = importlib.metadata.version(distribution)
     return [f"{name}=={version}" for name, version in versions.items()]

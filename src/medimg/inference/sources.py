@@ -59,7 +59,7 @@ def _download(spec: str, destination: Path) -> Path:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from medimg.tracking import tracking_uri
+    from medimg.tracking.store import tracking_uri
 
     uri = tracking_uri()
     _check_store(uri, spec)
@@ -79,7 +79,7 @@ def _download(spec: str, destination: Path) -> Path:
 def _check_store(uri: str, spec: str) -> None:
     """Fail in seconds, naming the store, when it cannot be read (MLflow would retry for
     minutes, or create an empty sqlite database where none was meant to be)."""
-    from medimg.tracking import TrackingError, ensure_reachable, require_existing_store
+    from medimg.tracking.store import TrackingError, ensure_reachable, require_existing_store
 
     try:
         require_existing_store(uri, "set MLFLOW_TRACKING_URI to the store that holds the model")

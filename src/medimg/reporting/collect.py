@@ -25,7 +25,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
-from medimg import paths, tracking
+from medimg import paths
 from medimg.config.params import Params
 from medimg.evaluation.statistics import Summary, summarize
 from medimg.evaluation.test_predictions import (
@@ -35,6 +35,7 @@ from medimg.evaluation.test_predictions import (
     read_test_predictions,
 )
 from medimg.reporting import ReportError
+from medimg.tracking import store
 
 SUMMARY_FILE = "summary.json"
 PARENT_ID_TAG = "mlflow.parentRunId"
@@ -163,11 +164,11 @@ def open_store(uri: str | None = None) -> MlflowClient:
     A sqlite store must already exist: opening a missing one would create an empty
     database and report nothing, which would hide a wrong MLFLOW_TRACKING_URI.
     """
-    uri = uri or tracking.tracking_uri()
-    tracking.require_existing_store(
+    uri = uri or store.tracking_uri()
+    store.require_existing_store(
         uri, "train first (dvc repro) or point MLFLOW_TRACKING_URI at the store that holds the runs"
     )
-    tracking.ensure_reachable(uri)
+    store.ensure_reachable(uri)
     return MlflowClient(uri)
 
 
@@ -301,7 +302,7 @@ def _parent_of_summary(client: MlflowClient, run_name: str) -> Run | None:
     except MlflowException as err:
         raise ReportError(
             f"{path}: parent run {run_id} is not in the tracking store "
-            f"{tracking.masked_uri(client.tracking_uri)} "
+            f"{store.masked_uri(client.tracking_uri)} "
             f"({err.message}); point MLFLOW_TRACKING_URI at the store the pipeline used"
         ) from None
 
@@ -326,7 +327,7 @@ def collect_configurations(client: MlflowClient, params: Params) -> list[Configu
     """
     experiments = {}
     for dataset in params.datasets:
-        name = tracking.experiment_name(params.tracking.experiment_prefix, dataset)
+        name = store.experiment_name(params.tracking.experiment_prefix, dataset)
         experiment = client.get_experiment_by_name(name)
         if experiment is not None:
             experiments[dataset] = experiment.experiment_id

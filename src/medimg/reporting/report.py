@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from medimg import atomic, paths, tracking
+from medimg import atomic, paths
 from medimg.config.params import Params, parse_params
 from medimg.evaluation.statistics import CONFIDENCE
 from medimg.inference.captions import display_name
@@ -38,6 +38,7 @@ from medimg.reporting.tables import (
     thesis_table,
 )
 from medimg.reporting.thesis import THESIS_RESULTS_FILE, ThesisResults, load_thesis_results
+from medimg.tracking import store
 
 REPORT_FILES = ("report.md", "report.html")
 # The comparisons of the report, machine-readable (one entry per pair and setting).
@@ -262,12 +263,12 @@ def write_report(params: Params, thesis_file: Path = THESIS_RESULTS_FILE) -> lis
     or TrackingError (store unreachable) before anything is written.
     """
     thesis = load_thesis_results(thesis_file)
-    uri = tracking.tracking_uri()
+    uri = store.tracking_uri()
     client = open_store(uri)
     configs = collect_configurations(client, params)
     comparisons = compare_all(params, configs, thesis)
     # Masked: a server URI may carry a password, and the report is meant to be shared.
-    masked, generated = tracking.masked_uri(uri), datetime.now(UTC)
+    masked, generated = store.masked_uri(uri), datetime.now(UTC)
     report = build_report(params, configs, thesis, masked, generated, comparisons)
     document = comparisons_document(comparisons, masked, generated)
     texts = (

@@ -18,7 +18,7 @@ from medimg import atomic, paths
 from medimg.config.params import Params
 from medimg.errors import UserError
 from medimg.runner.results import BUNDLE_FILE, BundleInfo, write_record
-from medimg.tracking import git_commit
+from medimg.tracking.runs import git_commit
 
 
 class BundleError(UserError, ValueError):

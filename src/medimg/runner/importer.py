@@ -23,7 +23,6 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
-from medimg import tracking
 from medimg.config.runs import RunConfig
 from medimg.evaluation.metrics import aggregate
 from medimg.evaluation.predictions import PREDICTIONS_FILE, read_predictions
@@ -39,6 +38,7 @@ from medimg.runner.results import (
     SeedRecord,
     read_record,
 )
+from medimg.tracking import runs, store
 
 GROUP_TAG = "medimg.import_group"
 SEED_KEY_TAG = "medimg.import_seed_key"
@@ -88,13 +88,13 @@ def _parent(
         "medimg.device": manifest.device,
         "medimg.keras_backend": manifest.backend,
         "medimg.precision": manifest.precision,
-        "medimg.runner_command": manifest.command[: tracking.MAX_PARAM_VALUE_LENGTH],
+        "medimg.runner_command": manifest.command[: runs.MAX_PARAM_VALUE_LENGTH],
         "mlflow.runName": record.run,
         GROUP_TAG: group,
     }
     run = client.create_run(experiment_id, start_time=_millis(manifest.started), tags=tags)
     parent_params = {"run": record.config, "prepare": record.prepare, "split": record.split}
-    params = [Param(k, v) for k, v in tracking.flatten_params(parent_params).items()]
+    params = [Param(k, v) for k, v in runs.flatten_params(parent_params).items()]
     _log(client, run.info.run_id, [], params)
     return run.info.run_id
 
@@ -169,7 +169,7 @@ def _import_seed(
             record.data_meta["image_size"]
         ),
     }
-    params = [Param(k, v) for k, v in tracking.flatten_params(effective).items()]
+    params = [Param(k, v) for k, v in runs.flatten_params(effective).items()]
     history = pd.read_csv(folder / HISTORY_FILE)
     metrics = _seed_metrics(seed, history, _n_test_images(folder), stamp)
     _log(client, child, metrics, params)
@@ -230,14 +230,14 @@ def _import_folder(folder: Path, experiment_prefix: str) -> dict[str, str]:
     run_dirs = sorted(p.parent for p in folder.glob(f"*/{RUN_FILE}"))
     if not run_dirs:
         raise ResultsError(f"{folder}: no <run>/{RUN_FILE} inside: not a runner results folder")
-    uri = tracking.tracking_uri()
-    tracking.ensure_reachable(uri)
+    uri = store.tracking_uri()
+    store.ensure_reachable(uri)
     client = MlflowClient(uri)
     parents = {}
     for run_dir in run_dirs:
         record = read_record(run_dir / RUN_FILE, RunRecord)
-        experiment_id = tracking.get_or_create_experiment(
-            client, tracking.experiment_name(experiment_prefix, record.dataset)
+        experiment_id = store.get_or_create_experiment(
+            client, store.experiment_name(experiment_prefix, record.dataset)
         )
         parent = _parent(client, experiment_id, manifest, record)
         for seed_dir in sorted(run_dir.glob("seed-*")):

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 
-from medimg import atomic, paths, tracking, tracking_callbacks
+from medimg import atomic, paths
 from medimg.config.runs import RunConfig, RunSettings
 from medimg.data.prepared import PreparedData, PreparedDataError, load_prepared
 from medimg.evaluation.predictions import (
@@ -35,6 +35,7 @@ from medimg.evaluation.statistics import summarize
 from medimg.inference.pyfunc import log_classifier_model
 from medimg.models.options import weights_kind
 from medimg.models.saved import load_model
+from medimg.tracking import callbacks, model_registry, runs, store
 from medimg.training.checkpoints import read_history
 from medimg.training.fit import fit_one_seed
 from medimg.training.run_lock import exclusive_run
@@ -118,18 +119,16 @@ def _train_seed(
         return _with_predictions(json.loads(result_file.read_text()), data, work)
 
     child_tags = {**tags, "medimg.role": "child", "medimg.seed": str(seed)}
-    with tracking.resumable_run(
+    with runs.resumable_run(
         work / f"seed-{seed}.mlflow_run_id",
         experiment_id,
         f"{run_name}/seed-{seed}",
         child_tags,
         nested=True,
     ) as child:
-        mlflow.log_params(tracking.flatten_params(_effective_params(run, data, seed)))
+        mlflow.log_params(runs.flatten_params(_effective_params(run, data, seed)))
         finished = read_history(work / f"seed-{seed}" / "history.csv")
-        logger = tracking_callbacks.MlflowEpochLogger(
-            child.info.run_id, mlflow.get_tracking_uri(), finished
-        )
+        logger = callbacks.MlflowEpochLogger(child.info.run_id, mlflow.get_tracking_uri(), finished)
         seeded = resolve_initial_weights(run, work / "initial-weights")
         fit = _fit_or_reuse(seeded, data, work, seed, logger)
         mlflow.log_metrics(
@@ -260,11 +259,11 @@ def _register(settings: RunSettings, best: dict[str, Any]) -> dict:
     done = paths.work_dir(run_name) / "registered.json"
     if done.is_file():
         return json.loads(done.read_text())
-    registered = tracking.register_best(
+    registered = model_registry.register_best(
         MlflowClient(mlflow.get_tracking_uri()),
         model_id=best["logged_model_id"],
         run_id=best["child_run_id"],
-        name=tracking.registered_model_name(names.registered_model_prefix, run.dataset),
+        name=model_registry.registered_model_name(names.registered_model_prefix, run.dataset),
         run_name=run_name,
         seed=best["seed"],
         best_val_auc=best["best_val_auc"],
@@ -323,8 +322,8 @@ def load_checked_data(run: RunConfig) -> PreparedData:
 def _parent_tags(settings: RunSettings, data: PreparedData) -> dict[str, str]:
     run_name, run = settings.name, settings.run
     return {
-        **tracking.run_tags(run_name, data.meta["source_fingerprint"], run.split_protocol),
-        **tracking.process_tags(),
+        **runs.run_tags(run_name, data.meta["source_fingerprint"], run.split_protocol),
+        **runs.process_tags(),
         "medimg.profile": settings.profile,
         "medimg.dataset": run.dataset,
         "medimg.model": run.model,
@@ -345,14 +344,14 @@ def run_train(settings: RunSettings) -> dict[str, Any]:
     """
     run_name, run = settings.name, settings.run
     data = load_checked_data(run)
-    uri = tracking.tracking_uri()
-    name = tracking.experiment_name(settings.tracking.experiment_prefix, run.dataset)
-    tracking.ensure_reachable(uri, experiment=name)
+    uri = store.tracking_uri()
+    name = store.experiment_name(settings.tracking.experiment_prefix, run.dataset)
+    store.ensure_reachable(uri, experiment=name)
     with exclusive_run(lock_file(run_name), f"run {run_name!r}"):
         mlflow.set_tracking_uri(uri)
         client = MlflowClient(uri)
-        experiment_id = tracking.get_or_create_experiment(client, name)
-        for run_id in tracking.close_orphaned_runs(client, [experiment_id]):
+        experiment_id = store.get_or_create_experiment(client, name)
+        for run_id in runs.close_orphaned_runs(client, [experiment_id]):
             log.warning("MLflow run %s was left RUNNING by a dead process: marked KILLED", run_id)
         summary = _train_all(settings, data, experiment_id)
         summary.update(experiment_name=name, tracking_uri=uri)
@@ -378,10 +377,10 @@ def _train_all(settings: RunSettings, data: PreparedData, experiment_id: str) ->
     }
     work = paths.work_dir(run_name)
     _prepare_work_dir(work, {**parent_params, "data": data.meta})
-    with tracking.resumable_run(
+    with runs.resumable_run(
         work / "parent.mlflow_run_id", experiment_id, run_name, {**tags, "medimg.role": "parent"}
     ) as parent:
-        mlflow.log_params(tracking.flatten_params(parent_params))
+        mlflow.log_params(runs.flatten_params(parent_params))
         results = [
             _train_seed(run, run_name, data, seed, experiment_id, tags) for seed in run.seeds()
         ]

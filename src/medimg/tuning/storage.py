@@ -34,7 +34,7 @@ from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, Jou
 
 from medimg import paths
 from medimg.errors import UserError
-from medimg.tracking import masked_uri
+from medimg.tracking.store import masked_uri
 
 STORAGE_ENV = "MEDIMG_OPTUNA_STORAGE"
 # RDB storages: a running worker records a heartbeat every HEARTBEAT_INTERVAL_S; a

@@ -28,8 +28,8 @@ from mlflow.entities import Metric, Param, Run
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from optuna.trial import FrozenTrial, TrialState
 
-from medimg import tracking, tracking_callbacks
 from medimg.config.runs import RunConfig
+from medimg.tracking import callbacks, runs, store
 from medimg.tuning.workers import waiting_lock
 
 STUDY_ROLE = "study"
@@ -73,7 +73,7 @@ class StudyTracker:
         """
         with waiting_lock(study_dir / "study.lock", "the study's MLflow run"):
             client = MlflowClient(tracking_uri)
-            experiment_id = tracking.get_or_create_experiment(client, experiment_name)
+            experiment_id = store.get_or_create_experiment(client, experiment_name)
             parent = _find_or_create_parent(client, experiment_id, tags, params)
         client.update_run(parent, status="RUNNING")
         return cls(client, experiment_id, parent, tags)
@@ -82,7 +82,7 @@ class StudyTracker:
         """Create the trial's child run with its parameters; record its id on the trial."""
         tags = {
             **self.tags,
-            **tracking.process_tags(),
+            **runs.process_tags(),
             "medimg.role": TRIAL_ROLE,
             "medimg.trial_number": str(trial.number),
             TRIAL_STATE_TAG: TrialState.RUNNING.name,
@@ -91,7 +91,7 @@ class StudyTracker:
         name = f"{self.tags['medimg.study']}/trial-{trial.number}"
         run_id = self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
         trial.set_user_attr(RUN_ATTR, {"trial": trial.number, "run_id": run_id})
-        flat = tracking.flatten_params(
+        flat = runs.flatten_params(
             {**run.model_dump(mode="json"), "model_options": run.options().model_dump(mode="json")}
         )
         params = [Param(key, value) for key, value in flat.items()]
@@ -104,13 +104,13 @@ class StudyTracker:
 
     def epoch_logger(
         self, trial_run_id: str, trial_number: int, seed: int, repeats: int
-    ) -> tracking_callbacks.MlflowEpochLogger:
+    ) -> callbacks.MlflowEpochLogger:
         """Per-epoch curves of one seed: on the trial run, or a nested run per seed."""
         if repeats == 1:
-            return tracking_callbacks.MlflowEpochLogger(trial_run_id, self.client.tracking_uri)
+            return callbacks.MlflowEpochLogger(trial_run_id, self.client.tracking_uri)
         tags = {
             **self.tags,
-            **tracking.process_tags(),
+            **runs.process_tags(),
             "medimg.role": "trial_seed",
             "medimg.trial_number": str(trial_number),
             "medimg.seed": str(seed),
@@ -118,10 +118,10 @@ class StudyTracker:
         }
         name = f"{self.tags['medimg.study']}/trial-{trial_number}/seed-{seed}"
         seed_run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
-        return tracking_callbacks.MlflowEpochLogger(seed_run.info.run_id, self.client.tracking_uri)
+        return callbacks.MlflowEpochLogger(seed_run.info.run_id, self.client.tracking_uri)
 
     def finish_seed_run(
-        self, logger: tracking_callbacks.MlflowEpochLogger, trial_run_id: str, status: str
+        self, logger: callbacks.MlflowEpochLogger, trial_run_id: str, status: str
     ) -> None:
         if logger.run_id != trial_run_id:
             self.client.set_terminated(logger.run_id, status=status)
@@ -148,7 +148,7 @@ class StudyTracker:
         )
         self.client.set_tag(run_id, TRIAL_STATE_TAG, trial.state.name)
         if error:
-            self.client.set_tag(run_id, "medimg.error", error[: tracking.MAX_PARAM_VALUE_LENGTH])
+            self.client.set_tag(run_id, "medimg.error", error[: runs.MAX_PARAM_VALUE_LENGTH])
         self.client.set_terminated(run_id, status=RUN_STATUS.get(trial.state, "FAILED"))
 
     def log_study_summary(
@@ -185,7 +185,7 @@ def _find_or_create_parent(
     if chosen != mine:
         client.delete_run(mine)  # another host's worker created one first
         return chosen
-    flat = [Param(k, v) for k, v in tracking.flatten_params(params).items()]
+    flat = [Param(k, v) for k, v in runs.flatten_params(params).items()]
     for start in range(0, len(flat), _BATCH):
         client.log_batch(mine, params=flat[start : start + _BATCH])
     return mine

@@ -24,9 +24,10 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
-from medimg import paths, tracking
+from medimg import paths
 from medimg.config.studies import StudyConfig, StudySettings
 from medimg.data.prepared import PreparedData, PreparedDataError
+from medimg.tracking import runs, store
 from medimg.training.train_stage import load_checked_data
 from medimg.tuning.objective import EPOCHS_ATTR, TrialObjective
 from medimg.tuning.reports import (
@@ -86,7 +87,7 @@ def _study_tags(
 ) -> dict[str, str]:
     study, run = settings.study, settings.run.run
     return {
-        **tracking.run_tags(study.run, data.meta["source_fingerprint"], run.split_protocol),
+        **runs.run_tags(study.run, data.meta["source_fingerprint"], run.split_protocol),
         "medimg.role": "study",
         "medimg.study": settings.name,
         "medimg.optuna_study": storage_name,
@@ -226,7 +227,7 @@ def _recover_from_dead_workers(
     # Trials of dead workers first, so that their MLflow runs end FAILED with the reason,
     # then any other run a dead process left RUNNING (a seed run of such a trial).
     _fail_trials_of_dead_workers(study, config, tracker, study_dir, log.warning)
-    for run_id in tracking.close_orphaned_runs(tracker.client, [tracker.experiment_id]):
+    for run_id in runs.close_orphaned_runs(tracker.client, [tracker.experiment_id]):
         log.warning("MLflow run %s was left RUNNING by a dead process: marked KILLED", run_id)
 
 
@@ -248,8 +249,8 @@ def run_tune(
     data = load_checked_data(run)
     _check_image_sizes(study_name, config, data)
     check_sampler_available(study_name, config)
-    uri = tracking.tracking_uri()
-    tracking.ensure_reachable(uri)
+    uri = store.tracking_uri()
+    store.ensure_reachable(uri)
     url = storage_url(storage)
     definition = study_definition(config, run, data)
     storage_name = storage_study_name(study_name, definition)
@@ -257,7 +258,7 @@ def run_tune(
     storage = open_storage(url)
     study = open_study(storage, storage_name, config, definition, config.repeats * run.epochs)
     study_dir = study_work_dir(storage_name, url)
-    experiment = tracking.experiment_name(settings.run.tracking.experiment_prefix, run.dataset)
+    experiment = store.experiment_name(settings.run.tracking.experiment_prefix, run.dataset)
     tags = _study_tags(settings, storage_name, url, data)
     described = {  # the study run's params
         "study": config.model_dump(mode="json"),

@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
-from medimg.tracking import TrackingError, masked_uri, one_line
+from medimg.tracking.store import TrackingError, masked_uri, one_line
 
 
 class MlflowEpochLogger(keras.callbacks.Callback):

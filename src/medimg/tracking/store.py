@@ -1,0 +1,236 @@
+"""The MLflow store: which one, whether it can be used, and the experiments in it.
+
+`MLFLOW_TRACKING_URI` when set, else the project's sqlite store (mlruns/mlflow.db);
+checked before any work, so that a bad store costs seconds, not a training.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from urllib.parse import quote, urlparse, urlsplit, urlunsplit
+from urllib.request import url2pathname
+
+import requests
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from medimg import paths
+from medimg.errors import UserError
+
+
+class TrackingError(UserError, RuntimeError):
+    """The MLflow store cannot be used (unreachable, unwritable, deleted experiment)."""
+
+
+def tracking_uri() -> str:
+    """`MLFLOW_TRACKING_URI` when set, else the project store sqlite:///<root>/mlruns/mlflow.db.
+
+    MLflow 3 refuses the plain file store, hence sqlite; artifacts go under mlruns/.
+    """
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{paths.mlruns_dir() / 'mlflow.db'}"
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    """The database file of a sqlite:/// URI (None for an in-memory database)."""
+    path = uri.removeprefix("sqlite:///")
+    return None if path in ("", ":memory:") else Path(path)
+
+
+def require_existing_store(uri: str, hint: str) -> None:
+    """A TrackingError when `uri` is a sqlite store whose database file does not exist.
+
+    For readers of runs (the report, model sources): opening a missing sqlite store
+    would create an empty database and find nothing, hiding a wrong store. `hint` says
+    what to do instead.
+    """
+    if urlparse(uri).scheme != "sqlite":
+        return
+    database = _sqlite_path(uri)
+    if database is not None and not database.is_file():
+        raise TrackingError(f"MLflow store {uri}: no database at {database}; {hint}")
+
+
+def masked_uri(uri: str) -> str:
+    """`uri` with its password, if any, shown as *** (for messages and logs)."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def one_line(text: object) -> str:
+    """`text` with every run of whitespace (newlines too) made one space."""
+    return " ".join(str(text).split())
+
+
+def ensure_reachable(
+    uri: str | None = None, timeout_s: float = 10, experiment: str | None = None
+) -> None:
+    """Fail fast, with one line naming the store (password masked), when it cannot be used.
+
+    Checked before any training, so that a bad store costs seconds, not a training:
+    - http(s): one GET of the server's /health (MLflow's client retries for minutes);
+    - sqlite: the database's folder exists (only the project's mlruns/ is created:
+      MLflow would silently create any other, even at the filesystem root), it and
+      an existing database file are writable, and so is the local artifact folder
+      of `experiment` (or, without one, the store's artifacts/ folder);
+    - postgresql: a connection within `timeout_s` (MLflow's engine retries for
+      about 100 s), then one query through MlflowClient, as for any other store.
+    """
+    uri = uri or tracking_uri()
+    scheme = urlparse(uri).scheme
+    if scheme in ("http", "https"):
+        _check_server(uri, timeout_s)
+        return
+    if scheme == "sqlite":
+        _check_sqlite_store(uri)
+        ensure_artifacts_writable(artifact_location(experiment or "", uri), uri)
+        return
+    if scheme.split("+")[0] in ("postgresql", "postgres"):
+        _check_postgresql(uri, timeout_s)
+    try:
+        MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as err:  # any failure means the store is unusable; say which
+        raise TrackingError(
+            f"MLflow store {masked_uri(uri)} is not usable: {one_line(err)}"
+        ) from None
+
+
+def _check_server(uri: str, timeout_s: float) -> None:
+    try:
+        response = requests.get(uri.rstrip("/") + "/health", timeout=timeout_s)
+        response.raise_for_status()
+    except requests.RequestException as err:
+        raise TrackingError(
+            f"MLflow tracking server {masked_uri(uri)} is not reachable "
+            f"({type(err).__name__}: {one_line(err)}); "
+            "start the server or point MLFLOW_TRACKING_URI at a running one"
+        ) from None
+
+
+def _check_sqlite_store(uri: str) -> None:
+    db = _sqlite_path(uri)
+    if db is None:
+        return
+    folder = db.parent
+    if not folder.exists() and folder.resolve() == paths.mlruns_dir():
+        try:
+            # exist_ok: parallel workers (tune, team) may create it at the same moment.
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise TrackingError(
+                f"MLflow store {uri}: cannot create the folder {folder} ({err.strerror})"
+            ) from None
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise TrackingError(
+            f"MLflow store {uri}: the folder {folder} {what}; create it "
+            "or point MLFLOW_TRACKING_URI at a database in an existing folder"
+        )
+    _check_writable_folder(folder, f"MLflow store {uri}")
+    if db.is_file():
+        try:
+            db.open("r+b").close()
+        except OSError as err:
+            raise TrackingError(
+                f"MLflow store {uri}: the database file {db} is not writable ({err.strerror}); "
+                "make it writable or point MLFLOW_TRACKING_URI at another store"
+            ) from None
+
+
+def _check_writable_folder(folder: Path, what: str) -> None:
+    """A TrackingError unless a file can really be created in `folder`.
+
+    A real file, as MLflow will write one: whatever refuses it (permission bits,
+    an immutable flag, a read-only mount, a network filesystem squashing root)
+    refuses the check too.
+    """
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".medimg-write-check-"):
+            pass
+    except OSError as err:
+        raise TrackingError(
+            f"{what}: the folder {folder} is not writable ({err.strerror}); "
+            "make it writable or point MLFLOW_TRACKING_URI at another store"
+        ) from None
+
+
+def ensure_artifacts_writable(location: str | None, uri: str | None = None) -> None:
+    """A TrackingError when the local artifact folder `location` (a file: URI) cannot be written.
+
+    The folder is created on the first logged artifact, so a missing one is fine
+    when its nearest existing parent is writable. Remote locations (a tracking
+    server's mlflow-artifacts:, s3:) are the server's or the bucket's concern.
+    """
+    if location is None or urlparse(location).scheme not in ("file", ""):
+        return
+    folder = Path(url2pathname(urlparse(location).path))
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    what = f"MLflow store {masked_uri(uri or tracking_uri())}, artifacts {location}"
+    if not folder.is_dir():
+        raise TrackingError(f"{what}: {folder} is not a folder; remove it or choose another store")
+    _check_writable_folder(folder, what)
+
+
+def _check_postgresql(uri: str, timeout_s: float) -> None:
+    """Connect once with a short timeout: an unreachable server fails in seconds."""
+    import psycopg  # only for postgresql:// stores
+    from sqlalchemy.engine import make_url
+
+    try:
+        # libpq reads the URL itself, less SQLAlchemy's "+driver" suffix.
+        conninfo = make_url(uri).set(drivername="postgresql").render_as_string(False)
+        psycopg.connect(conninfo, connect_timeout=max(2, round(timeout_s))).close()
+    except Exception as err:  # psycopg.Error, or a URL that does not parse
+        raise TrackingError(
+            f"MLflow store {masked_uri(uri)}: cannot connect to PostgreSQL ({one_line(err)}); "
+            "start the server or fix MLFLOW_TRACKING_URI"
+        ) from None
+
+
+def experiment_name(prefix: str, dataset: str) -> str:
+    """One experiment per dataset, so runs on different data never share a table."""
+    return f"{prefix}-{dataset}"
+
+
+def artifact_location(name: str, uri: str | None = None) -> str | None:
+    """Where a new experiment's artifacts go: <db folder>/artifacts/<name> for a sqlite store.
+
+    For the default store this is mlruns/artifacts/<name>. For a tracking server
+    it is None: the server decides (it may proxy artifacts to object storage).
+    """
+    uri = uri or tracking_uri()
+    if urlparse(uri).scheme != "sqlite":
+        return None
+    db = _sqlite_path(uri)
+    folder = (db.parent if db else paths.mlruns_dir()).resolve() / "artifacts"
+    return f"{folder.as_uri()}/{quote(name)}"
+
+
+def get_or_create_experiment(client: MlflowClient, name: str) -> str:
+    """The id of experiment `name`, created (with `artifact_location`) when missing."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            return client.create_experiment(
+                name, artifact_location=artifact_location(name, client.tracking_uri)
+            )
+        except MlflowException:
+            # Another worker may have created it between our lookup and create.
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    if experiment.lifecycle_stage == "deleted":
+        raise TrackingError(
+            f"MLflow experiment {name!r} in {client.tracking_uri} is deleted; restore it "
+            f"(mlflow experiments restore --experiment-id {experiment.experiment_id}) "
+            "or delete it permanently (mlflow gc)"
+        )
+    return experiment.experiment_id
