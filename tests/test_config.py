@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medimg.config.base import ParamsError, apply_overrides
+from medimg.config.base import ParamsError, apply_overrides, read_yaml
 from medimg.config.params import load_params, parse_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -159,3 +159,75 @@ def test_overlapping_override_keys_are_refused(raw: dict) -> None:
     }
     with pytest.raises(ParamsError, match=r"profiles\.odd: override keys .*augmentation.* overlap"):
         parse_params({**raw, "profile": "odd"})
+
+
+# ------------------------------------------------------------------ a run checked whole
+
+
+@pytest.mark.parametrize(
+    ("dotted", "value", "message"),
+    [
+        # a boolean is not a number (YAML's `true` would otherwise train 1 epoch)
+        ("runs.xray_cnn.epochs", True, r"runs\.xray_cnn\.epochs = True: Input should be a valid"),
+        ("runs.xray_cnn.learning_rate", "fast", r"learning_rate = 'fast'"),
+        ("runs.xray_cnn.run_eagerly", 1, r"run_eagerly = 1: Input should be a valid boolean"),
+        ("datasets.chest_xray.channels", True, r"channels = True"),
+        # the model can only shrink the prepared images
+        ("runs.xray_cnn.image_size", 100000, r"image_size = 100000: Input should be less"),
+        ("runs.xray_cnn.image_size", 96, r"image_size = 96 is above the prepared size 64"),
+        # clean batch-norm statistics need batch normalisation (AlexNet's default has none)
+        ("runs.alexnet.batch_norm_statistics", "clean", r"runs\.alexnet\.batch_norm_statistics"),
+        # fine-tuning counts the model's declared blocks (the X-ray CNN has 5)
+        (
+            "runs.xray_cnn.fine_tuning",
+            {"frozen_epochs": 1, "unfreeze_top_blocks": 6, "learning_rate": 1e-4},
+            r"unfreeze_top_blocks = 6, but model 'xray_cnn' has 5 blocks",
+        ),
+    ],
+)
+def test_a_run_is_checked_whole_before_any_work(raw, dotted, value, message) -> None:
+    bad = apply_overrides(raw, {dotted: value}, "test", ("runs",))
+    with pytest.raises(ParamsError, match=message):
+        parse_params(bad)
+
+
+def test_a_value_from_run_defaults_is_named_where_it_comes_from(raw) -> None:
+    raw["run_defaults"]["by_dataset"]["chest_xray"]["batch_size"] = 0
+    with pytest.raises(ParamsError) as caught:
+        parse_params(raw)
+    assert (
+        "runs.xray_cnn.batch_size = 0 (from run_defaults.by_dataset.chest_xray.batch_size)"
+        in str(caught.value)
+    )
+
+
+def test_a_run_states_what_dvc_reads_itself(raw) -> None:
+    del raw["runs"]["xray_cnn"]["model"]
+    raw["run_defaults"]["all"]["model"] = "xray_cnn"
+    with pytest.raises(ParamsError, match=r"runs\.xray_cnn must state \['model'\] itself"):
+        parse_params(raw)
+
+
+def test_duplicate_keys_are_refused_naming_the_key_and_both_lines(tmp_path: Path) -> None:
+    text = (REPO / "params.yaml").read_text()
+    lines = text.splitlines()
+    at = lines.index("profile: sample")
+    lines.insert(at + 1, "profile: full")
+    (tmp_path / "params.yaml").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ParamsError) as caught:
+        load_params(tmp_path / "params.yaml")
+    message = str(caught.value)
+    assert f"key 'profile' appears twice in one mapping, at line {at + 1} and line {at + 2}" in (
+        message
+    )
+
+
+def test_a_merge_key_may_be_overridden_and_floats_read_as_yaml_1_2(tmp_path: Path) -> None:
+    """`<<: *x` then the same key is what a merge key is for; `1e-4` is a number, as DVC
+    (YAML 1.2) reads it, not the string PyYAML's YAML 1.1 makes of it."""
+    (tmp_path / "p.yaml").write_text(
+        "base: &base {a: 1, b: 2}\nderived:\n  <<: *base\n  b: 3\nrate: 1e-4\n"
+    )
+    loaded = read_yaml(tmp_path / "p.yaml")
+    assert loaded["derived"] == {"a": 1, "b": 3}
+    assert loaded["rate"] == pytest.approx(1e-4)
