@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from medimg.commands import (
     augment,
+    confirm,
     evaluate,
     fetch,
     gpu_bundle,
@@ -37,6 +38,7 @@ COMMANDS: tuple[Command, ...] = tuple(
         train,
         evaluate,
         tune,
+        confirm,
         predict,
         report,
         gpu_bundle,

@@ -14,7 +14,7 @@ calls this before a run or an MLflow record exists.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -195,6 +195,8 @@ class RunSettings:
     run: RunConfig
     dataset: DatasetConfig
     tracking: TrackingConfig
+    # more tags for its MLflow parent run (a study's confirmation names its study)
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 def merged_run(raw: dict[str, Any], name: str, path: Path) -> tuple[dict[str, Any], Any]:

@@ -171,6 +171,11 @@ class StudyConfig(StrictModel):
     repeats: Annotated[int, Field(ge=1)] = Field(
         1, description="seeds run.seed, run.seed+1, ... per trial; the objective is their mean"
     )
+    confirm_repeats: Annotated[int, Field(ge=1)] = Field(
+        3,
+        description="the confirmation (stage confirm@<study>) trains the best trial's values "
+        "again on this many seeds the study never trained, as run <study>_best",
+    )
     space: dict[str, SearchDimension] = Field(
         min_length=1, description="dotted run key -> choices or range"
     )

@@ -36,6 +36,7 @@ from medimg.evaluation.test_predictions import (
 )
 from medimg.reporting import ReportError
 from medimg.tracking import store
+from medimg.tuning.confirm import confirmation_name
 
 SUMMARY_FILE = "summary.json"
 PARENT_ID_TAG = "mlflow.parentRunId"
@@ -320,10 +321,26 @@ def _latest_imported(client: MlflowClient, experiment_id: str) -> list[Run]:
     return sorted(latest.values(), key=lambda run: run.info.start_time)
 
 
-def collect_configurations(client: MlflowClient, params: Params) -> list[Configuration]:
-    """The pipeline's configuration of every run in params.yaml, then imported ones.
+def _confirmation(
+    client: MlflowClient, params: Params, study_name: str, run_name: str
+) -> Configuration:
+    """A study's confirmation run (<study>_best, stage confirm@<study>)."""
+    name = confirmation_name(study_name)
+    dataset = params.run(run_name).dataset
+    classes = params.dataset(dataset).classes
+    parent = _parent_of_summary(client, name)
+    if parent is None:
+        return Configuration(
+            name=name, dataset=dataset, status="not trained", classes=tuple(classes)
+        )
+    return _configuration(client, parent, dataset, classes, imported=False)
 
-    Order: params.yaml's, then imported runs oldest first.
+
+def collect_configurations(client: MlflowClient, params: Params) -> list[Configuration]:
+    """The pipeline's configuration of every run in params.yaml, each study's confirmation
+    (<study>_best), then imported ones.
+
+    Order: params.yaml's, the studies', then imported runs oldest first.
     """
     experiments = {}
     for dataset in params.datasets:
@@ -344,6 +361,8 @@ def collect_configurations(client: MlflowClient, params: Params) -> list[Configu
             )
         else:
             found.append(_configuration(client, parent, run.dataset, classes, imported=False))
+    for study_name, study in params.tune.items():
+        found.append(_confirmation(client, params, study_name, study.run))
     for dataset, experiment_id in experiments.items():
         classes = params.dataset(dataset).classes
         for parent in _latest_imported(client, experiment_id):

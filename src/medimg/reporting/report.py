@@ -28,6 +28,7 @@ from medimg.reporting.comparisons import (
 from medimg.reporting.differences import BOOTSTRAP_REPLICATES
 from medimg.reporting.flags import AUC_STUCK_TOLERANCE, model_flags
 from medimg.reporting.render import FigureImage, Report, Section, to_html, to_markdown
+from medimg.reporting.studies import StudyRecord, collect_studies, study_section
 from medimg.reporting.tables import (
     Settings,
     comparison_table,
@@ -188,8 +189,10 @@ def build_report(
     tracking_uri: str,
     generated: datetime,
     comparisons: Mapping[str, Sequence[Comparison]] | None = None,
+    studies: Sequence[StudyRecord] = (),
 ) -> Report:
-    """The report of `configs`; `comparisons` (compare_all's) are measured here when None."""
+    """The report of `configs` and `studies`; `comparisons` (compare_all's) are measured
+    here when None."""
     full = full_settings(params)
     if comparisons is None:
         comparisons = compare_all(params, configs, thesis)
@@ -237,6 +240,7 @@ def build_report(
                 dataset, config.classes, thesis, of_dataset, full, comparisons.get(dataset, ())
             )
         )
+    sections += [study_section(record) for record in studies]
     return Report(
         title="medimg report: the thesis's results and ours",
         generated=generated.strftime("%Y-%m-%d %H:%M UTC"),
@@ -266,10 +270,14 @@ def write_report(params: Params, thesis_file: Path = THESIS_RESULTS_FILE) -> lis
     uri = store.tracking_uri()
     client = open_store(uri)
     configs = collect_configurations(client, params)
-    comparisons = compare_all(params, configs, thesis)
+    studies = collect_studies(client, params, configs)
+    comparisons = {
+        **compare_all(params, configs, thesis),
+        "studies": [c for record in studies for c in record.comparisons],
+    }
     # Masked: a server URI may carry a password, and the report is meant to be shared.
     masked, generated = store.masked_uri(uri), datetime.now(UTC)
-    report = build_report(params, configs, thesis, masked, generated, comparisons)
+    report = build_report(params, configs, thesis, masked, generated, comparisons, studies)
     document = comparisons_document(comparisons, masked, generated)
     texts = (
         to_markdown(report),

@@ -327,6 +327,7 @@ def _parent_tags(settings: RunSettings, data: PreparedData) -> dict[str, str]:
         "medimg.profile": settings.profile,
         "medimg.dataset": run.dataset,
         "medimg.model": run.model,
+        **settings.tags,
     }
 
 

@@ -84,7 +84,12 @@ def keys_shadowed_by_profile(
 
 
 def best_params_record(
-    study: optuna.Study, study_name: str, run_name: str, objective: str, storage: str
+    study: optuna.Study,
+    study_name: str,
+    run_name: str,
+    objective: str,
+    storage: str,
+    study_run_id: str | None = None,
 ) -> dict[str, Any]:
     """best_params.yaml's content; TuneStudyError when no trial is complete yet."""
     counts = trial_counts(study)
@@ -99,6 +104,8 @@ def best_params_record(
         "study": study_name,
         "storage_study": study.study_name,
         "storage": storage,
+        # the MLflow study run: the confirmation tags its runs with it, the report reads it
+        "mlflow_study_run_id": study_run_id,
         "run": run_name,
         "objective": f"val {objective}",
         "direction": study.direction.name.lower(),
@@ -159,10 +166,16 @@ def _trials_frame_csv(study: optuna.Study, path: Path) -> None:
 
 
 def write_study_reports(
-    study: optuna.Study, study_name: str, run_name: str, objective: str, storage: str, dest: Path
+    study: optuna.Study,
+    study_name: str,
+    run_name: str,
+    objective: str,
+    storage: str,
+    dest: Path,
+    study_run_id: str | None = None,
 ) -> dict[str, Any]:
     """Write reports/tune/<study>/ whole (atomic.building); return summary.json's content."""
-    record = best_params_record(study, study_name, run_name, objective, storage)
+    record = best_params_record(study, study_name, run_name, objective, storage, study_run_id)
     counts = trial_counts(study)
     epochs = [t.user_attrs.get(EPOCHS_ATTR, 0) for t in study.get_trials(deepcopy=False)]
     summary = {

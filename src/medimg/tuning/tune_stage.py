@@ -208,7 +208,13 @@ def _report(
     # One worker at a time: the folder swap clears other swaps' leftovers.
     with waiting_lock(study_dir / "study.lock", "the study's reports"):
         summary = write_study_reports(
-            study, study_name, config.run, config.objective, storage, reports_dir(study_name)
+            study,
+            study_name,
+            config.run,
+            config.objective,
+            storage,
+            reports_dir(study_name),
+            tracker.parent_run_id,
         )
         record = summary.pop("record")
         tracker.log_study_summary(
