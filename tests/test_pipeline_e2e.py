@@ -19,6 +19,10 @@ import pandas as pd
 import pytest
 import yaml
 
+from medimg.config.params import load_params
+from medimg.config.runs import RunConfig
+from medimg.tuning.confirm import confirmation_name, confirmation_settings, read_best_record
+
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.e2e
 
@@ -122,14 +126,26 @@ def test_prepared_arrays(pipeline: dict) -> None:
         assert (prepared / "examples.png").stat().st_size > 0
 
 
+def _trained_runs(repo: Path) -> dict[str, RunConfig]:
+    """Every run the pipeline trains: params.yaml's (with their run defaults) and each
+    study's confirmation (<study>_best: its best values on fresh seeds)."""
+    params = load_params(repo / "params.yaml")
+    runs = dict(params.runs)
+    for name in params.tune:
+        record = read_best_record(
+            params.study_settings(name), repo / "reports/tune" / name / "best_params.yaml"
+        )
+        runs[confirmation_name(name)] = confirmation_settings(
+            params.study_settings(name), record
+        ).run
+    return runs
+
+
 def test_training_and_evaluation_outputs(pipeline: dict) -> None:
     repo = pipeline["repo"]
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    for run, cfg in params["runs"].items():
+    for run, cfg in _trained_runs(repo).items():
         summary = json.loads((repo / "models" / run / "summary.json").read_text())
-        assert [s["seed"] for s in summary["seeds"]] == [
-            cfg["seed"] + k for k in range(cfg["repeats"])
-        ]
+        assert [s["seed"] for s in summary["seeds"]] == cfg.seeds()
         for seed in summary["seeds"]:
             assert (repo / "models" / run / seed["model"]).is_file()
         details = json.loads((repo / "reports" / "runs" / run / "details.json").read_text())
@@ -137,7 +153,7 @@ def test_training_and_evaluation_outputs(pipeline: dict) -> None:
             acc = details[split]["accuracy"]
             assert 0.0 <= acc["min"] <= acc["mean"] <= acc["max"] <= 1.0
         headline = json.loads((repo / "reports" / "runs" / run / "metrics.json").read_text())
-        assert headline["seeds"] == cfg["repeats"]
+        assert headline["seeds"] == cfg.repeats
         assert headline["acc"] == round(details["test"]["accuracy"]["mean"], 4)
         for name in ("confusion_test.csv", "roc_test.csv", "pr_test.csv", "predictions_test.png"):
             assert (repo / "reports" / "runs" / run / name).stat().st_size > 0
@@ -148,8 +164,8 @@ def test_mlflow_store_holds_parents_children_and_champion(pipeline: dict) -> Non
 
     repo = pipeline["repo"]
     client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}")
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    for dataset in params["datasets"]:
+    trained = _trained_runs(repo)
+    for dataset in load_params(repo / "params.yaml").datasets:
         experiment = client.get_experiment_by_name(f"medimg-{dataset}")
         assert experiment is not None
         runs = client.search_runs([experiment.experiment_id], max_results=200)
@@ -157,19 +173,43 @@ def test_mlflow_store_holds_parents_children_and_champion(pipeline: dict) -> Non
         # their own ("study", "trial")
         parents = [r for r in runs if r.data.tags.get("medimg.role") == "parent"]
         children = [r for r in runs if r.data.tags.get("medimg.role") == "child"]
-        configs = [k for k, v in params["runs"].items() if v["dataset"] == dataset]
+        configs = [k for k, run in trained.items() if run.dataset == dataset]
         assert len(parents) == len(configs)
-        assert len(children) == sum(params["runs"][k]["repeats"] for k in configs)
+        assert len(children) == sum(trained[k].repeats for k in configs)
         for parent in parents:
             assert "test_accuracy_mean" in parent.data.metrics
         for child in children:
-            epochs = params["runs"][child.data.tags["medimg.run"]]["epochs"]
+            epochs = trained[child.data.tags["medimg.run"]].epochs
             curve = client.get_metric_history(child.info.run_id, "epoch_val_accuracy")
             assert [m.step for m in curve] == list(range(1, epochs + 1))
             # the evaluate stage's final value, not a point appended to the curve
             assert len(client.get_metric_history(child.info.run_id, "val_accuracy")) == 1
         champion = client.get_model_version_by_alias(f"medimg-{dataset}", "champion")
         assert champion.run_id in {c.info.run_id for c in children}
+
+
+def test_each_study_searched_and_was_confirmed_on_fresh_seeds(pipeline: dict) -> None:
+    """The MRI study samples the thesis's noise std; its confirmation trained the best
+    values on seeds the study never trained, and the report has a section per study."""
+    from mlflow import MlflowClient
+
+    repo = pipeline["repo"]
+    params = load_params(repo / "params.yaml")
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("medimg-brain_tumor_mri").experiment_id
+    trials = [
+        r
+        for r in client.search_runs([experiment], "tags.`medimg.study` = 'mri_cnn_search'")
+        if r.data.tags.get("medimg.role") == "trial"
+    ]
+    assert len(trials) == params.study("mri_cnn_search").n_trials
+    assert all("augmentation.noise_std=" in t.data.tags["medimg.sampled"] for t in trials)
+    report = (repo / "reports" / "report.md").read_text()
+    for name, study in params.tune.items():
+        study_seeds = set(params.run(study.run).seeds()[: study.repeats])
+        confirmed = _trained_runs(repo)[confirmation_name(name)]
+        assert not study_seeds & set(confirmed.seeds())
+        assert f"## Study {name} (run {study.run})" in report
 
 
 def test_second_repro_reruns_nothing(pipeline: dict) -> None:
@@ -181,7 +221,7 @@ def test_second_repro_reruns_nothing(pipeline: dict) -> None:
 def test_dvc_metrics_show(pipeline: dict) -> None:
     env = {**pipeline["env"], "COLUMNS": "120"}
     shown = _run([*pipeline["dvc"], "metrics", "show"], pipeline["repo"], env)
-    runs = yaml.safe_load((pipeline["repo"] / "params.yaml").read_text())["runs"]
+    runs = _trained_runs(pipeline["repo"])
     rows = [line for line in shown.splitlines() if line.startswith("reports/")]
     # One row per run, each a line of at most 120 columns: a table, not one long line.
     assert sorted(row.split()[0] for row in rows) == sorted(
