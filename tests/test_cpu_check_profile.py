@@ -48,7 +48,8 @@ def test_every_run_and_confirmation_was_measured_with_its_settings() -> None:
         measured = (row["model"], row["image_size"], row["batch_size"], row["epochs"])
         assert measured == (run.model, size, run.batch_size, run.epochs), (
             f"{name}: measured as {measured}; the profile now says "
-            f"{(run.model, size, run.batch_size, run.epochs)}: re-run benchmarks/profile_throughput.py"
+            f"{(run.model, size, run.batch_size, run.epochs)}: "
+            "re-run benchmarks/profile_throughput.py"
         )
         assert row["repeats"] == run.repeats == 3
     for name, study in params.tune.items():
