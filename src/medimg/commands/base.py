@@ -43,6 +43,11 @@ def add_params_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_dataset_argument(parser: argparse.ArgumentParser) -> None:
+    """--dataset, the one argument of the data stages' commands."""
+    parser.add_argument("--dataset", required=True, help="a key of `datasets:` in params.yaml")
+
+
 def print_json(obj: object) -> None:
     print(json.dumps(obj, indent=2, default=str))
 

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from medimg.commands.base import Command, print_json
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", required=True, help="a key of `datasets:` in params.yaml")
+from medimg.commands.base import Command, add_dataset_argument, print_json
 
 
 def run(args: argparse.Namespace) -> None:
@@ -21,5 +17,8 @@ def run(args: argparse.Namespace) -> None:
 
 
 COMMAND = Command(
-    "fetch", "download or copy a dataset, check it, write data/raw/<dataset>/", add_arguments, run
+    "fetch",
+    "download or copy a dataset, check it, write data/raw/<dataset>/",
+    add_dataset_argument,
+    run,
 )

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from medimg.commands.base import Command, print_json
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", required=True, help="a key of `datasets:` in params.yaml")
+from medimg.commands.base import Command, add_dataset_argument, print_json
 
 
 def run(args: argparse.Namespace) -> None:
@@ -25,6 +21,6 @@ def run(args: argparse.Namespace) -> None:
 COMMAND = Command(
     "split",
     "split a fetched dataset into train/val/test, per protocol: data/splits/<dataset>/<protocol>/",
-    add_arguments,
+    add_dataset_argument,
     run,
 )
