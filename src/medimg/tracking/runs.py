@@ -305,7 +305,11 @@ def resumable_run(
     except BaseException as err:
         _end_failed(run.info.run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
-    mlflow.end_run()
+    try:
+        mlflow.end_run()
+    except MlflowException:
+        _forget_active_run(run.info.run_id)  # or MLflow's exit hook tries (and fails) again
+        raise
 
 
 def _end_failed(run_id: str, status: str) -> None:
