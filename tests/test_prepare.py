@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from medimg.atomic import OutputError
 from medimg.config.datasets import DatasetConfig, SplitConfig
 from medimg.data.prepare import PrepareError, prepare_dataset
 from medimg.data.preprocess import ImageLoadError, load_image
@@ -189,6 +191,27 @@ def test_a_failure_leaves_the_previous_output_untouched(dataset, tmp_path) -> No
         _prepare(dataset, dest, copies=1)
     assert {p.name: p.read_bytes() for p in (dest / PROTOCOL).iterdir()} == before
     assert [p.name for p in dest.parent.iterdir()] == ["ds"]  # no temporary folder left
+
+
+@pytest.mark.slow  # mounts a filesystem
+def test_a_read_only_output_folder_is_one_line_naming_it(dataset, tmp_path) -> None:
+    """data/prepared on a read-only filesystem (issue 19: a raw OSError traceback)."""
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(prepared)]
+    mounted = subprocess.run(mount, capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here ({mounted.stderr.strip()}): needs root")
+    try:
+        with pytest.raises(OutputError) as raised:
+            _prepare(dataset, prepared / "ds")
+    finally:
+        subprocess.run(["umount", str(prepared)], check=True)
+    assert str(raised.value) == (
+        f"cannot write {prepared / 'ds'}: read-only file system "
+        f"({prepared} is mounted read-only; make it writable, then run it again)"
+    )
+    assert list(prepared.iterdir()) == []
 
 
 def test_unknown_label_names_the_file_and_the_label(dataset, tmp_path) -> None:

@@ -16,6 +16,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from mlflow import MlflowClient
@@ -208,3 +209,35 @@ def test_import_reads_the_archive_a_device_call_returns(
     parents = import_results(packed)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert client.get_run(parents["tiny"]).data.tags["medimg.imported"] == "true"
+
+
+def test_import_of_150_params_and_2000_history_points_keeps_within_mlflows_limits(
+    chunks: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each LogBatch request goes to the store as sent (no client-side splitting, as a
+    REST request reaches a server), which refuses one over MLflow's limits."""
+    folder = tmp_path / "results"
+    shutil.copytree(chunks[0], folder)
+    run_file = folder / "tiny" / "run.json"
+    record = json.loads(run_file.read_text())
+    record["model_options"].update({f"extra_{i}": i for i in range(150)})
+    run_file.write_text(json.dumps(record))
+    seed_dir = folder / "tiny" / "seed-0"
+    epochs = 200  # x 10 columns: 2,000 history points
+    history = pd.DataFrame({f"c{k}": np.linspace(0, 1, epochs) + k for k in range(10)})
+    history.insert(0, "epoch", range(epochs))
+    history.to_csv(seed_dir / "history.csv", index=False)
+
+    def as_sent(client, run_id, metrics=(), params=(), tags=(), synchronous=True):
+        client._tracking_client.store.log_batch(run_id, list(metrics), list(params), list(tags))
+
+    monkeypatch.setattr(MlflowClient, "log_batch", as_sent)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent = import_results(folder)["tiny"]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment_id = client.get_run(parent).info.experiment_id
+    (child,) = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
+    assert sum(key.startswith("model_options.extra_") for key in child.data.params) == 150
+    for k in range(10):
+        points = client.get_metric_history(child.info.run_id, f"epoch_c{k}")
+        assert sorted(m.step for m in points) == list(range(1, epochs + 1))

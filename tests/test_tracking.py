@@ -14,8 +14,9 @@ import mlflow
 import numpy as np
 import pytest
 from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
 
-from medimg.tracking import callbacks, model_registry, runs
+from medimg.tracking import batch, callbacks, model_registry, runs
 from medimg.tracking import store as tracking_store
 
 
@@ -37,6 +38,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowClient]:
 def experiment_id(store: MlflowClient, request: pytest.FixtureRequest) -> str:
     """A fresh experiment per test, named after it."""
     return tracking_store.get_or_create_experiment(store, request.node.name)
+
+
+SEED_0 = {"medimg.seed": "0"}
 
 
 def _closed_port() -> int:
@@ -150,12 +154,12 @@ def test_resumable_run_continues_the_run_named_in_its_id_file(
     id_file = tmp_path / "work" / "seed-0.mlflow_run_id"
     with (
         pytest.raises(RuntimeError, match="killed"),
-        runs.resumable_run(id_file, experiment_id, "r/seed-0", {"medimg.seed": "0"}) as run,
+        runs.resumable_run(id_file, experiment_id, "r/seed-0", SEED_0, SEED_0) as run,
     ):
         mlflow.log_metric("loss", 1.0, step=1)
         raise RuntimeError("killed")
     assert store.get_run(run.info.run_id).info.status == "FAILED"
-    with runs.resumable_run(id_file, experiment_id, "r/seed-0", {"medimg.seed": "0"}) as again:
+    with runs.resumable_run(id_file, experiment_id, "r/seed-0", SEED_0, SEED_0) as again:
         mlflow.log_metric("loss", 0.5, step=2)
     assert again.info.run_id == run.info.run_id == id_file.read_text()
     assert store.get_run(run.info.run_id).info.status == "FINISHED"
@@ -163,19 +167,22 @@ def test_resumable_run_continues_the_run_named_in_its_id_file(
     assert len(store.search_runs([experiment_id])) == 1
 
 
-def test_a_store_failure_leaves_the_run_running_and_off_the_active_stack(
+def test_a_store_failure_ends_a_database_run_that_can_be_ended(
     store: MlflowClient, experiment_id: str, tmp_path: Path
 ) -> None:
-    """TrackingError: the store is not told (it failed); the process can start the run again."""
+    """TrackingError from a database store (it fails at once, not after minutes of retries
+    like a server): the run is ended FAILED when the store still answers, and is off the
+    active stack; the process can start the run again. (A server's run is left RUNNING:
+    tests/test_cluster_tracking.py.)"""
     id_file = tmp_path / "work" / "seed-0.mlflow_run_id"
     with (
         pytest.raises(tracking_store.TrackingError),
-        runs.resumable_run(id_file, experiment_id, "r/seed-0", {"medimg.seed": "0"}) as run,
+        runs.resumable_run(id_file, experiment_id, "r/seed-0", SEED_0, SEED_0) as run,
     ):
         raise tracking_store.TrackingError("store down")
     assert mlflow.active_run() is None
-    assert store.get_run(run.info.run_id).info.status == "RUNNING"
-    with runs.resumable_run(id_file, experiment_id, "r/seed-0", {"medimg.seed": "0"}) as again:
+    assert store.get_run(run.info.run_id).info.status == "FAILED"
+    with runs.resumable_run(id_file, experiment_id, "r/seed-0", SEED_0, SEED_0) as again:
         pass
     assert again.info.run_id == run.info.run_id
     assert store.get_run(run.info.run_id).info.status == "FINISHED"
@@ -229,9 +236,9 @@ def test_champion_alias_follows_the_best_validation_auc(
     store: MlflowClient, experiment_id: str
 ) -> None:
     name = model_registry.registered_model_name("medimg", "chest_xray")
-    versions = {}
+    versions, logged = {}, {}
     for run_name, auc in [("cnn", 0.80), ("cnn_aug", 0.90), ("cnn_wide", 0.85)]:
-        model_id, run_id = _logged_model(experiment_id, run_name)
+        model_id, run_id = logged[run_name] = _logged_model(experiment_id, run_name)
         versions[run_name] = model_registry.register_best(
             store, model_id, run_id, name, run_name, seed=1, best_val_auc=auc
         )
@@ -243,3 +250,76 @@ def test_champion_alias_follows_the_best_validation_auc(
     assert champion.tags["medimg.run"] == "cnn_aug"
     assert champion.tags["medimg.seed"] == "1"
     assert int(store.get_model_version_by_alias(name, "cnn_wide-best").version) == 3
+    # Registering the same model again (a stage killed before it recorded the version)
+    # gives the same version, not a new one.
+    model_id, run_id = logged["cnn_aug"]
+    again = model_registry.register_best(
+        store, model_id, run_id, name, "cnn_aug", seed=1, best_val_auc=0.90
+    )
+    assert again == versions["cnn_aug"]
+    assert len(store.search_model_versions(f"name = '{name}'")) == 3
+
+
+def test_batch_requests_keep_within_mlflows_limits() -> None:
+    """150 params, 120 tags and 2,000 metrics: every item once, each request within
+    100 params, 100 tags, 1,000 metrics and 1,000 items."""
+    metrics = [Metric(f"m{i}", float(i), 0, i) for i in range(2000)]
+    params = [Param(f"p{i}", str(i)) for i in range(150)]
+    tags = [RunTag(f"t{i}", str(i)) for i in range(120)]
+    requests = batch.requests(metrics, params, tags)
+    for some_metrics, some_params, some_tags in requests:
+        assert len(some_params) <= batch.MAX_PARAMS == 100
+        assert len(some_tags) <= batch.MAX_TAGS == 100
+        assert len(some_metrics) <= batch.MAX_METRICS == 1000
+        assert len(some_metrics) + len(some_params) + len(some_tags) <= batch.MAX_ITEMS == 1000
+    assert [m for r in requests for m in r[0]] == metrics
+    assert [p for r in requests for p in r[1]] == params
+    assert [t for r in requests for t in r[2]] == tags
+    assert len(requests) == 3  # 800 + 1,000 + 200 metrics beside 100+50 params, 100+20 tags
+
+
+def test_each_metric_step_is_logged_once(store: MlflowClient, experiment_id: str) -> None:
+    run_id = store.create_run(experiment_id).info.run_id
+    first = batch.metrics_at({"best_val_auc": 0.8, "undefined": float("nan")})
+    batch.log_batch(store, run_id, metrics=batch.not_logged(store, run_id, first))
+    again = batch.metrics_at({"best_val_auc": 0.8, "train_seconds": 3.0})
+    batch.log_batch(store, run_id, metrics=batch.not_logged(store, run_id, again))
+    assert len(store.get_metric_history(run_id, "best_val_auc")) == 1
+    assert len(store.get_metric_history(run_id, "train_seconds")) == 1
+    assert "undefined" not in store.get_run(run_id).data.metrics  # NaN stays out
+
+
+@pytest.mark.slow
+def test_a_run_of_another_store_is_never_resumed(
+    store: MlflowClient, experiment_id: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The id file names a run of another store (MLFLOW_TRACKING_URI changed): one line
+    says so, and the training gets a new run here; the other store is not touched."""
+    other = MlflowClient(f"sqlite:///{tmp_path / 'other.db'}")
+    elsewhere = other.create_run(other.create_experiment("e")).info.run_id
+    id_file = tmp_path / "work" / "parent.mlflow_run_id"
+    id_file.parent.mkdir()
+    id_file.write_text(elsewhere)
+    with runs.resumable_run(id_file, experiment_id, "r", SEED_0, SEED_0) as run:
+        pass
+    assert run.info.run_id != elsewhere == other.get_run(elsewhere).info.run_id
+    assert id_file.read_text() == run.info.run_id
+    assert store.get_run(run.info.run_id).info.status == "FINISHED"
+    assert other.get_run(elsewhere).info.status == "RUNNING"  # untouched
+    notes = [r.getMessage() for r in caplog.records if elsewhere in r.getMessage()]
+    assert len(notes) == 1 and "is not in the store" in notes[0]
+
+
+def test_a_run_killed_before_its_id_was_written_is_found_by_its_tags(
+    store: MlflowClient, experiment_id: str, tmp_path: Path
+) -> None:
+    identity = {runs.WORK_TAG: "w1", "medimg.role": "parent"}
+    orphan = store.create_run(experiment_id, tags=identity).info.run_id  # no id file
+    id_file = tmp_path / "parent.mlflow_run_id"
+    with runs.resumable_run(id_file, experiment_id, "r", identity, identity) as run:
+        pass
+    assert run.info.run_id == orphan == id_file.read_text()
+    other_work = {runs.WORK_TAG: "w2", "medimg.role": "parent"}
+    with runs.resumable_run(tmp_path / "w2", experiment_id, "r", other_work, other_work) as new:
+        pass
+    assert new.info.run_id != orphan

@@ -19,7 +19,12 @@ import pytest
 from mlflow import MlflowClient
 
 from medimg.tracking import callbacks, runs
-from medimg.training.checkpoints import ResumeState, ResumeStateError
+from medimg.training.checkpoints import (
+    EpochRecorder,
+    ResumeState,
+    ResumeStateError,
+    write_history,
+)
 from medimg.training.run_lock import RunLockedError, exclusive_run
 
 pytestmark = pytest.mark.slow  # each test trains, or runs a server
@@ -209,19 +214,41 @@ def test_runs_left_running_by_dead_processes_are_closed_as_killed(tmp_path: Path
     assert status[alive] == status[elsewhere] == status[untagged] == "RUNNING"
 
 
-def test_epoch_logger_backfills_epochs_the_killed_process_did_not_log(tmp_path: Path) -> None:
+def _saved_seed_dir(folder: Path, history: dict[str, list[float]], saved: int) -> Path:
+    """A seed folder whose history.csv holds `history` and whose resume state holds `saved`
+    epochs (rows after it were written by epochs a resume trains again)."""
+    (folder / "state").mkdir(parents=True)
+    write_history(folder / "history.csv", history)
+    state = {"epoch": saved, "phase": 0, "weights": f"epoch-{saved:04d}.weights.h5"}
+    (folder / "state" / "state.json").write_text(json.dumps(state))
+    return folder
+
+
+def test_epoch_logger_logs_the_saved_history_once_and_nothing_after_it(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     experiment = client.create_experiment("e", artifact_location=(tmp_path / "a").as_uri())
     run_id = client.create_run(experiment).info.run_id
-    logger = callbacks.MlflowEpochLogger(run_id, uri)
-    logger.on_epoch_end(0, {"loss": 0.9, "val_auc": 0.5})  # epoch 2 was saved, never logged
-    finished = {"loss": [0.9, 0.8], "val_auc": [0.5, 0.6]}
-    resumed = callbacks.MlflowEpochLogger(run_id, uri, finished)
+    callbacks.MlflowEpochLogger(run_id, uri).on_epoch_end(0, {"loss": 0.9, "val_auc": 0.5})
+    # Killed when epoch 3 was in history.csv but the resume state held 2 epochs, epoch 2
+    # never logged: the resume logs epoch 2, not epoch 3 (it is trained again).
+    history = {"loss": [0.9, 0.8, 0.75], "val_auc": [0.5, 0.6, 0.65]}
+    seed_dir = _saved_seed_dir(tmp_path / "seed-0", history, saved=2)
+    resumed = callbacks.MlflowEpochLogger(run_id, uri, seed_dir)
     resumed.on_train_begin()
+    resumed.catch_up()  # again (the train stage calls it after every training): no effect
+    points = client.get_metric_history(run_id, "epoch_loss")
+    assert sorted((m.step, m.value) for m in points) == [(1, 0.9), (2, 0.8)]
+    # The retrained epoch 3 is logged once the resume state holds it, not before.
     resumed.on_epoch_end(2, {"loss": 0.7, "val_auc": 0.7})
-    history = client.get_metric_history(run_id, "epoch_loss")
-    assert sorted((m.step, m.value) for m in history) == [(1, 0.9), (2, 0.8), (3, 0.7)]
+    assert [m.step for m in client.get_metric_history(run_id, "epoch_loss")] == [1, 2]
+    write_history(seed_dir / "history.csv", {"loss": [0.9, 0.8, 0.7], "val_auc": [0.5, 0.6, 0.7]})
+    (seed_dir / "state" / "state.json").write_text(
+        json.dumps({"epoch": 3, "phase": 0, "weights": "epoch-0003.weights.h5"})
+    )
+    resumed.on_train_end()
+    points = client.get_metric_history(run_id, "epoch_loss")
+    assert sorted((m.step, m.value) for m in points) == [(1, 0.9), (2, 0.8), (3, 0.7)]
 
 
 def test_logging_that_failed_after_training_is_redone_without_training_again(
@@ -258,3 +285,18 @@ def test_logging_that_failed_after_training_is_redone_without_training_again(
     assert child.info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(child.info.run_id, "epoch_loss")]
     assert steps == [1, 2]
+
+
+def test_history_columns_are_in_the_order_keras_logs_them(tmp_path: Path) -> None:
+    """Not in a set's order, which changes with PYTHONHASHSEED (and models/<run>/ with it)."""
+    import keras
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    recorder = EpochRecorder(tmp_path / "seed-0", {}, "val_auc", "max", phase=0)
+    recorder.set_model(model)
+    (tmp_path / "seed-0").mkdir()
+    logs = {key: 0.5 for key in ("loss", "auc", "accuracy", "val_loss", "val_auc", "val_x")}
+    recorder.on_epoch_end(0, dict(logs))
+    header = (tmp_path / "seed-0" / "history.csv").read_text().splitlines()[0]
+    assert header.split(",") == ["epoch", *logs, "phase", "learning_rate"]

@@ -222,7 +222,10 @@ def test_pruned_trial_is_pruned_in_optuna_and_mlflow(root: Path) -> None:
         ({"model_options.dropout": {"low": 0, "high": 1.5}}, "high 1.5 is not a valid"),
         ({"model_options.dropot": {"low": 0, "high": 0.5}}, "has no key 'model_options.dropot'"),
         ({"batch_size": {"choices": [8, 0]}}, "tune.tiny_lr.space.batch_size: choice 0"),
-        ({"image_size": {"choices": [16, 64]}}, "choice 64 is above the prepared size 32"),
+        (
+            {"image_size": {"choices": [16, 64]}},
+            "choice 64: runs.tiny.image_size = 64 is above the prepared size 32",
+        ),
         ({"epochs": {"low": 1, "high": 4}}, "tune.tiny_lr.space.epochs: epochs cannot be"),
         ({"batch_size": {"choices": [[8], [16]]}}, "choices must be numbers, strings or"),
         ({"batch_size": {"low": 8, "high": 32, "step": 5}}, "step = 5 does not divide"),

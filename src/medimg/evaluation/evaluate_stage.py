@@ -37,14 +37,12 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
-from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
 from medimg import atomic, paths
@@ -75,7 +73,7 @@ from medimg.evaluation.test_predictions import (
     TEST_PREDICTIONS_FILE,
     prepared_test_paths,
 )
-from medimg.tracking import store
+from medimg.tracking import batch, store
 
 SUMMARY_FILE = "summary.json"
 # What each summary.json "seeds" entry must give: the seed's predictions, not its
@@ -100,8 +98,6 @@ HEADLINE_METRICS = {
 # Enough to compare with figures quoted to 0.01 % (93.75 %); details.json keeps all digits.
 HEADLINE_DECIMALS = 4
 TEST_FIGURES = ("confusion_test.png", "roc_test.png", "pr_test.png", "predictions_test.png")
-# MLflow's log_batch accepts at most 1,000 metrics per call.
-MLFLOW_BATCH_LIMIT = 1000
 
 
 class EvaluateError(UserError, RuntimeError):
@@ -328,14 +324,7 @@ def _write_plot_data(
 
 def _log_metrics(client: MlflowClient, run_id: str, values: dict[str, float]) -> None:
     """Log finite values; NaN (undefined) stays out of MLflow and is null in the JSON files."""
-    timestamp = int(time.time() * 1000)
-    metrics = [
-        Metric(key=key, value=float(value), timestamp=timestamp, step=0)
-        for key, value in values.items()
-        if not math.isnan(value)
-    ]
-    for start in range(0, len(metrics), MLFLOW_BATCH_LIMIT):
-        client.log_batch(run_id, metrics=metrics[start : start + MLFLOW_BATCH_LIMIT])
+    batch.log_batch(client, run_id, metrics=batch.metrics_at(values))
 
 
 def run_evaluate(settings: RunSettings) -> dict[str, Any]:

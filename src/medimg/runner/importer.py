@@ -12,7 +12,6 @@ twice adds nothing (each seed carries an import key).
 from __future__ import annotations
 
 import hashlib
-import math
 import tarfile
 import tempfile
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric
 
 from medimg.config.runs import RunConfig
 from medimg.evaluation.metrics import aggregate
@@ -38,11 +37,10 @@ from medimg.runner.results import (
     SeedRecord,
     read_record,
 )
-from medimg.tracking import runs, store
+from medimg.tracking import batch, runs, store
 
 GROUP_TAG = "medimg.import_group"
 SEED_KEY_TAG = "medimg.import_seed_key"
-BATCH = 1000  # MLflow's log_batch limit per call
 STATISTICS = ("mean", "std", "min", "max")
 
 
@@ -50,14 +48,6 @@ def _millis(stamp: str | None) -> int:
     if not stamp:
         return int(time.time() * 1000)
     return int(datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S%z").timestamp() * 1000)
-
-
-def _log(client: MlflowClient, run_id: str, metrics: list[Metric], params: list[Param]) -> None:
-    finite = [m for m in metrics if math.isfinite(m.value)]
-    for start in range(0, max(len(finite), len(params)), BATCH):
-        client.log_batch(
-            run_id, metrics=finite[start : start + BATCH], params=params[start : start + BATCH]
-        )
 
 
 def _group_key(manifest: RunnerManifest, run: str) -> str:
@@ -94,8 +84,8 @@ def _parent(
     }
     run = client.create_run(experiment_id, start_time=_millis(manifest.started), tags=tags)
     parent_params = {"run": record.config, "prepare": record.prepare, "split": record.split}
-    params = [Param(k, v) for k, v in runs.flatten_params(parent_params).items()]
-    _log(client, run.info.run_id, [], params)
+    params = batch.params_of(runs.flatten_params(parent_params))
+    batch.log_batch(client, run.info.run_id, params=params)
     return run.info.run_id
 
 
@@ -169,10 +159,10 @@ def _import_seed(
             record.data_meta["image_size"]
         ),
     }
-    params = [Param(k, v) for k, v in runs.flatten_params(effective).items()]
+    params = batch.params_of(runs.flatten_params(effective))
     history = pd.read_csv(folder / HISTORY_FILE)
     metrics = _seed_metrics(seed, history, _n_test_images(folder), stamp)
-    _log(client, child, metrics, params)
+    batch.log_batch(client, child, metrics=metrics, params=params)
     client.log_artifacts(child, str(folder), "evaluation")
     client.set_terminated(child, "FINISHED", end_time=stamp + int(seed.train_seconds * 1000))
     return seed
@@ -243,7 +233,7 @@ def _import_folder(folder: Path, experiment_prefix: str) -> dict[str, str]:
         for seed_dir in sorted(run_dir.glob("seed-*")):
             if (seed_dir / SEED_FILE).is_file():
                 _import_seed(client, experiment_id, parent, record, manifest, seed_dir)
-        _log(client, parent, _aggregates(client, experiment_id, parent), [])
+        batch.log_batch(client, parent, metrics=_aggregates(client, experiment_id, parent))
         for extra in sorted(folder.glob("*.txt")):  # e.g. the device's throughput figures
             client.log_artifact(parent, str(extra), "runner")
         client.set_terminated(parent, "FINISHED")

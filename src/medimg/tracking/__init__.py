@@ -2,7 +2,10 @@
 
 - `store`: which store (MLFLOW_TRACKING_URI, else the project's sqlite store), whether
   it can be used, the experiments in it;
-- `runs`: parameters and tags of a run, runs that survive a kill, orphaned runs closed;
+- `runs`: parameters and tags of a run, runs that survive a kill (and are never written
+  into once deleted or another store's), orphaned runs closed, logged models left
+  unfinished by a kill discarded;
+- `batch`: logging many values in requests within MLflow's limits, each step once;
 - `model_registry`: versions of the best seeds and the champion alias;
 - `callbacks`: the Keras callback that logs each epoch (training reaches MLflow only here).
 """

@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 # Version tag written by `register_best`; the champion alias is chosen by it.
@@ -36,9 +37,11 @@ def register_best(
     best_val_auc: float,
     champion_alias: str = "champion",
 ) -> dict[str, Any]:
-    """Register logged model `model_id` (of run `run_id`) as a new version of `name`.
+    """Register logged model `model_id` (of run `run_id`) as a version of `name`, once.
 
-    The version is tagged with run name, seed and validation AUC. Alias
+    A version of `name` registered from this model before (by a stage killed before
+    it could record the version) is reused rather than registered again. The version
+    is tagged with run name, seed and validation AUC. Alias
     f"{run_name}-best" points at it; `champion_alias` points at the version with
     the highest validation AUC among all versions of `name` carrying that tag
     (earliest version on ties, so the champion only moves on a real improvement).
@@ -52,13 +55,19 @@ def register_best(
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name)
-    version = client.create_model_version(
-        name,
-        source=f"models:/{model_id}",
-        run_id=run_id,
-        model_id=model_id,
-        tags={"medimg.run": run_name, "medimg.seed": str(seed), VAL_AUC_TAG: repr(best_val_auc)},
-    )
+    version = registered_version(client, name, model_id, run_id)
+    if version is None:
+        version = client.create_model_version(
+            name,
+            source=f"models:/{model_id}",
+            run_id=run_id,
+            model_id=model_id,
+            tags={
+                "medimg.run": run_name,
+                "medimg.seed": str(seed),
+                VAL_AUC_TAG: repr(best_val_auc),
+            },
+        )
     client.set_registered_model_alias(name, alias_name(f"{run_name}-best"), version.version)
 
     tagged = [v for v in client.search_model_versions(f"name = '{name}'") if VAL_AUC_TAG in v.tags]
@@ -67,3 +76,13 @@ def register_best(
 
     aliases = client.get_model_version(name, version.version).aliases
     return {"name": name, "version": int(version.version), "aliases": sorted(aliases)}
+
+
+def registered_version(
+    client: MlflowClient, name: str, model_id: str, run_id: str
+) -> ModelVersion | None:
+    """The version of `name` registered from logged model `model_id` of run `run_id`, if any."""
+    for version in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
+        if version.source == f"models:/{model_id}":
+            return version
+    return None

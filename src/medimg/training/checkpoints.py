@@ -32,7 +32,8 @@ import logging
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 
 STATE_DIR = "state"
 STATE_FILE = "state.json"
+HISTORY_FILE = "history.csv"
 EPOCH_COLUMN = "epoch"
 
 
@@ -60,12 +62,26 @@ def _fsync_file(path: Path) -> None:
 
 
 def save_model_atomically(model: keras.Model, dest: Path) -> None:
-    """model.save() to `dest` through a partial file, fsynced, then renamed over it."""
+    """model.save() to `dest` through a partial file, fsynced, then renamed over it.
+
+    A failed write (a full disk) removes the partial file and raises an OutputError.
+    """
     partial = dest.with_name(f".{dest.stem}.partial{dest.suffix}")
-    model.save(partial)
-    _fsync_file(partial)
+    with _removed_on_failure(partial), atomic.output_errors(dest):
+        model.save(partial)
+        _fsync_file(partial)
     os.replace(partial, dest)
     atomic.fsync_dir(dest.parent)
+
+
+@contextmanager
+def _removed_on_failure(path: Path) -> Iterator[None]:
+    """Delete `path` (written in the block) when the block fails: no half-written file stays."""
+    try:
+        yield
+    except BaseException:
+        Path(path).unlink(missing_ok=True)
+        raise
 
 
 # ----------------------------------------------------------------------------- history
@@ -90,7 +106,8 @@ def write_history(path: Path, history: dict[str, list[float]]) -> None:
     writer.writerow([EPOCH_COLUMN, *keys])
     for epoch in range(n):
         writer.writerow([epoch, *(repr(float(history[key][epoch])) for key in keys)])
-    atomic.write_file(Path(path), buffer.getvalue().encode(), durable=True)
+    with atomic.output_errors(Path(path)):
+        atomic.write_file(Path(path), buffer.getvalue().encode(), durable=True)
 
 
 def truncate_history(history: dict[str, list[float]], epochs: int) -> dict[str, list[float]]:
@@ -153,15 +170,19 @@ class ResumeState:
         self.directory.mkdir(parents=True, exist_ok=True)
         current = self.read()
         weights = self.directory / f"epoch-{epoch:04d}.weights.h5"
-        model.save_weights(weights)  # a fresh name: nothing reads it until state.json says so
-        _fsync_file(weights)
+        # A fresh name: nothing reads it until state.json says so. h5py leaves the file
+        # half-written when the disk is full (and says so in a RuntimeError).
+        with _removed_on_failure(weights), atomic.output_errors(weights):
+            model.save_weights(weights)
+            _fsync_file(weights)
         previous = (
             None
             if current is None
             else {"epoch": current.epoch, "phase": current.phase, "weights": current.weights}
         )
         state = {"epoch": epoch, "phase": phase, "weights": weights.name, "previous": previous}
-        atomic.write_file(self.file, json.dumps(state, indent=2) + "\n", durable=True)
+        with atomic.output_errors(self.file):
+            atomic.write_file(self.file, json.dumps(state, indent=2) + "\n", durable=True)
         keep = {weights.name, *([previous["weights"]] if previous else [])}
         for old in self.directory.glob("epoch-*.weights.h5"):
             if old.name not in keep:
@@ -202,6 +223,17 @@ class ResumeState:
             previous = SavedState(**state.previous, previous=None)
             model.load_weights(self.directory / previous.weights)
             return previous
+
+
+def saved_epochs(seed_dir: Path) -> int:
+    """How many epochs the resume state of `seed_dir` holds: a resume never trains them again."""
+    state = ResumeState(seed_dir).read()
+    return 0 if state is None else state.epoch
+
+
+def saved_history(seed_dir: Path) -> dict[str, list[float]]:
+    """The rows of history.csv that the resume state holds (those a resume keeps)."""
+    return truncate_history(read_history(Path(seed_dir) / HISTORY_FILE), saved_epochs(seed_dir))
 
 
 # ----------------------------------------------------------------------------- callbacks
@@ -262,11 +294,13 @@ class EpochRecorder(keras.callbacks.Callback):
         logs.update(phase=float(self.phase + 1), learning_rate=_learning_rate(self.model))
         row = {key: float(value) for key, value in logs.items()}
         n_before = len(next(iter(self.history.values()), []))
-        for key in row.keys() - self.history.keys():
+        # In the order Keras logs them (a set's order would change with the hash seed,
+        # and history.csv's columns with it).
+        for key in [key for key in row if key not in self.history]:
             self.history[key] = [math.nan] * n_before
         for key in self.history:
             self.history[key].append(row.get(key, math.nan))
-        write_history(self.seed_dir / "history.csv", self.history)
+        write_history(self.seed_dir / HISTORY_FILE, self.history)
 
         self._unsaved_epochs = epoch + 1
         due = self._last_save is None or time.monotonic() - self._last_save >= self.save_every_s

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from medimg.models.registry import BACKBONE_NAME, build_backbone, get_spec
 from medimg.models.transfer import load_source_model, transfer_weights
 from medimg.training.batch_norm import clean_training_sample, recompute_batch_norm_statistics
 from medimg.training.checkpoints import (
+    HISTORY_FILE,
     EpochRecorder,
     ResumableEarlyStopping,
     ResumableReduceLROnPlateau,
@@ -57,7 +57,6 @@ from medimg.training.data import ArrayBatches, loader_augmentation
 from medimg.training.phases import Phase, phase_index_at, training_phases
 
 CHECKPOINT_FILE = "best.keras"
-HISTORY_FILE = "history.csv"
 RUN_CONFIG_FILE = "run.json"
 
 OPTIMIZERS: dict[str, type[keras.optimizers.Optimizer]] = {
@@ -267,13 +266,14 @@ def _open_seed_dir(seed_dir: Path, run: RunConfig) -> SavedState | None:
     A folder left by a training of another configuration is emptied too: resuming
     it would mix two experiments in one model.
     """
+    atomic.remove_leftovers(seed_dir)  # of a fresh start that was killed
     config_file = seed_dir / RUN_CONFIG_FILE
     config = run.model_dump(mode="json")
     same_run = config_file.is_file() and json.loads(config_file.read_text()) == config
     state = ResumeState(seed_dir).read() if same_run else None
     if state is None:
         # Never started, killed before its first epoch ended, or another configuration.
-        shutil.rmtree(seed_dir, ignore_errors=True)
+        atomic.remove_tree(seed_dir)
         seed_dir.mkdir(parents=True)
         atomic.write_file(config_file, json.dumps(config, indent=2), durable=True)
         return None

@@ -4,16 +4,27 @@ One parent MLflow run per configuration, one nested child run per seed. Training
 state (checkpoints, run ids, finished seeds) lives in paths.work_dir(run), which
 DVC does not delete, so an interrupted stage resumes: finished seeds are not
 trained again and an interrupted seed continues its own child run.
-models/<run>/ is built beside its final place and moved in only when complete.
+models/<run>/ is built beside its final place and moved in only when complete;
+then the work folder is removed whole (renamed aside first), so a kill at any
+instant leaves either the whole state or none of it.
+
+Everything recorded in the work folder about MLflow (run ids, a seed's result, the
+registration) is checked against the store before it is reused: a run that is
+gone (deleted, or another store) or belongs to another parent is never written
+into again; the training state is logged into new runs instead. Each step of a
+metric, each logged model and each registry version is made once per run, however
+often the stage is killed and run again.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +32,12 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from medimg import atomic, paths
 from medimg.config.runs import RunConfig, RunSettings
 from medimg.data.prepared import PreparedData, PreparedDataError, load_prepared
+from medimg.errors import UserError
 from medimg.evaluation.predictions import (
     PREDICTIONS_FILE,
     data_fingerprint,
@@ -35,8 +48,8 @@ from medimg.evaluation.statistics import summarize
 from medimg.inference.pyfunc import log_classifier_model
 from medimg.models.options import weights_kind
 from medimg.models.saved import load_model
-from medimg.tracking import callbacks, model_registry, runs, store
-from medimg.training.checkpoints import read_history
+from medimg.tracking import batch, callbacks, model_registry, runs, store
+from medimg.training.checkpoints import save_model_atomically
 from medimg.training.fit import fit_one_seed
 from medimg.training.run_lock import exclusive_run
 
@@ -49,6 +62,12 @@ VAL_METRICS = ("val_auc", "val_accuracy", "val_loss")
 SEED_METRICS = ("best_epoch", "best_train_accuracy", "train_seconds", "images_per_second")
 INPUT_EXAMPLE_IMAGES = 3
 PREPROCESSING_INPUT = "uint8 0-255 pixels, shape (batch, H, W, C); the model rescales"
+# The name medimg.inference.pyfunc.log_classifier_model logs each seed's model under.
+LOGGED_MODEL_NAME = "model"
+# The work folder's records (paths.work_dir(run)).
+PARENT_ID_FILE = "parent.mlflow_run_id"
+WORK_ID_FILE = "work_id"  # the random id of this training state: runs.WORK_TAG
+REGISTERED_FILE = "registered.json"
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -80,7 +99,7 @@ def _fit_or_reuse(
     # Keras, without medimg's custom training metric registered.
     exported = work / f"seed-{seed}.model.keras"  # beside seed-<seed>/, which a fresh start empties
     model = load_model(fit.model_path)
-    model.save(exported)
+    save_model_atomically(model, exported)
     _save_predictions(model, data, _predictions_file(work, seed))
     result = {
         "seed": seed,
@@ -99,6 +118,7 @@ def _fit_or_reuse(
 
 
 def _train_seed(
+    client: MlflowClient,
     run: RunConfig,
     run_name: str,
     data: PreparedData,
@@ -108,52 +128,97 @@ def _train_seed(
 ) -> dict[str, Any]:
     """Train one seed inside its child run; return its result (also saved in the work folder).
 
-    A seed whose result file exists finished earlier and is not trained or logged again.
+    A seed whose result file names a finished child of the active parent run is
+    neither trained nor logged again; one logged into a run that is gone or another
+    parent's is logged again (from its saved training) into a child of this parent.
     The run id and result sit beside, not inside, fit_one_seed's seed-<seed>/
     folder, which it empties when a training starts afresh.
     """
     work = paths.work_dir(run_name)
+    parent_id = mlflow.active_run().info.run_id
     result_file = work / f"seed-{seed}.result.json"
     if result_file.is_file():
-        log.info("%s seed %d: finished earlier, reusing %s", run_name, seed, result_file)
-        return _with_predictions(json.loads(result_file.read_text()), data, work)
+        result = json.loads(result_file.read_text())
+        if _finished_child_of(client, result["child_run_id"], parent_id, experiment_id):
+            log.info("%s seed %d: finished earlier, reusing %s", run_name, seed, result_file)
+            return _with_predictions(result, data, work)
+        result_file.unlink()  # its run is gone or another parent's: logged again below
 
     child_tags = {**tags, "medimg.role": "child", "medimg.seed": str(seed)}
+    identity = {key: child_tags[key] for key in (runs.WORK_TAG, "medimg.role", "medimg.seed")}
     with runs.resumable_run(
         work / f"seed-{seed}.mlflow_run_id",
         experiment_id,
         f"{run_name}/seed-{seed}",
         child_tags,
+        identity,
         nested=True,
     ) as child:
-        mlflow.log_params(runs.flatten_params(_effective_params(run, data, seed)))
-        finished = read_history(work / f"seed-{seed}" / "history.csv")
-        logger = callbacks.MlflowEpochLogger(child.info.run_id, mlflow.get_tracking_uri(), finished)
+        child_id = child.info.run_id
+        params = runs.flatten_params(_effective_params(run, data, seed))
+        batch.log_batch(client, child_id, params=batch.params_of(params))
+        logger = callbacks.MlflowEpochLogger(child_id, client.tracking_uri, work / f"seed-{seed}")
         seeded = resolve_initial_weights(run, work / "initial-weights")
         fit = _fit_or_reuse(seeded, data, work, seed, logger)
-        mlflow.log_metrics(
-            {
-                key: fit[key]
-                for key in (*SEED_METRICS, *(f"best_{m}" for m in VAL_METRICS))
-                if key in fit and math.isfinite(fit[key])
-            }
-        )
-        with tempfile.TemporaryDirectory() as tmp:
-            history_csv = Path(tmp) / "history.csv"
-            _history_frame(fit["history"]).to_csv(history_csv, index=False)
-            mlflow.log_artifact(str(history_csv))
-        examples = np.asarray(data.split("val").x[:INPUT_EXAMPLE_IMAGES])
-        model_id = log_classifier_model(Path(fit["exported_model"]), _preprocessing(data), examples)
+        logger.catch_up()  # the saved history, when this run lacks it (a new run, a kill)
+        _log_seed_results(client, child_id, fit)
+        model_id = _log_model(client, experiment_id, child_id, fit, data)
 
     result = {
         **{key: value for key, value in fit.items() if key != "history"},
-        "child_run_id": child.info.run_id,
+        "parent_run_id": parent_id,
+        "child_run_id": child_id,
         "model": f"seed-{seed}/model.keras",
         "history": fit["history"],
         "logged_model_id": model_id,
     }
     _write_json(result_file, result)
     return _with_predictions(result, data, work)
+
+
+def _finished_child_of(
+    client: MlflowClient, run_id: str, parent_id: str, experiment_id: str
+) -> bool:
+    """Whether `run_id` is a FINISHED, not deleted child of `parent_id` in this store."""
+    if runs.run_problem(client, run_id, experiment_id, {MLFLOW_PARENT_RUN_ID: parent_id}):
+        return False
+    return client.get_run(run_id).info.status == "FINISHED"
+
+
+def _log_seed_results(client: MlflowClient, child_id: str, fit: dict[str, Any]) -> None:
+    """The seed's best-epoch metrics (each once) and its history.csv, to its child run."""
+    values = {
+        key: fit[key] for key in (*SEED_METRICS, *(f"best_{m}" for m in VAL_METRICS)) if key in fit
+    }
+    metrics = batch.not_logged(client, child_id, batch.metrics_at(values))
+    batch.log_batch(client, child_id, metrics=metrics)
+    with tempfile.TemporaryDirectory() as tmp:
+        history_csv = Path(tmp) / "history.csv"
+        _history_frame(fit["history"]).to_csv(history_csv, index=False)
+        client.log_artifact(child_id, str(history_csv))  # the same path: replaced, not added
+
+
+def _log_model(
+    client: MlflowClient,
+    experiment_id: str,
+    child_id: str,
+    fit: dict[str, Any],
+    data: PreparedData,
+) -> str:
+    """The id of the child run's logged model: the one logged whole before, else logged now.
+
+    A model left unfinished by a kill while it was logged is discarded first; one whose
+    logging fails here is discarded at once (its half-copied artifacts too).
+    """
+    ready = runs.ready_logged_model(client, experiment_id, child_id, LOGGED_MODEL_NAME)
+    if ready is not None:
+        return ready
+    examples = np.asarray(data.split("val").x[:INPUT_EXAMPLE_IMAGES])
+    try:
+        return log_classifier_model(Path(fit["exported_model"]), _preprocessing(data), examples)
+    except BaseException:
+        runs.discard_unfinished_models(client, experiment_id, child_id)
+        raise
 
 
 def _predictions_file(work: Path, seed: int) -> Path:
@@ -211,15 +276,16 @@ def resolve_initial_weights(run: RunConfig, download_dir: Path) -> RunConfig:
     if found.is_file() and Path(found.read_text()).is_dir():
         folder = Path(found.read_text())
     else:
-        shutil.rmtree(download_dir, ignore_errors=True)
+        atomic.remove_tree(download_dir)
         download_dir.mkdir(parents=True)
         folder = resolve_model_source(weights, download_dir=download_dir)
-        found.write_text(str(folder))
+        atomic.write_file(found, str(folder))
     return run.model_copy(update={"model_options": {**run.model_options, "weights": str(folder)}})
 
 
-def _prepare_work_dir(work: Path, config: dict[str, Any]) -> None:
-    """Keep the training state in `work` only if it was made by this very configuration.
+def _prepare_work_dir(work: Path, config: dict[str, Any]) -> str:
+    """Keep the training state in `work` only if it was made by this very configuration;
+    return the state's work id (its runs' runs.WORK_TAG), made with it.
 
     Resuming seeds trained with other hyperparameters or data would mix two
     experiments in one run, so a changed configuration starts afresh.
@@ -227,10 +293,25 @@ def _prepare_work_dir(work: Path, config: dict[str, Any]) -> None:
     config_file = work / "config.json"
     if config_file.is_file() and json.loads(config_file.read_text()) != config:
         log.warning("%s holds state of another configuration; starting afresh", work)
-        shutil.rmtree(work)
+        atomic.remove_tree(work)
     work.mkdir(parents=True, exist_ok=True)
     if not config_file.is_file():
         _write_json(config_file, config)
+    id_file = work / WORK_ID_FILE
+    if not id_file.is_file():  # before any run exists: each run carries it
+        atomic.write_file(id_file, uuid.uuid4().hex, durable=True)
+    return id_file.read_text().strip()
+
+
+def _forget_logging(work: Path) -> None:
+    """Drop the work folder's records of the runs of a parent run that is gone (the child
+    run ids, the seeds' results, the registration); the training state stays."""
+    for record in [
+        *work.glob("seed-*.mlflow_run_id"),
+        *work.glob("seed-*.result.json"),
+        work / REGISTERED_FILE,
+    ]:
+        record.unlink(missing_ok=True)
 
 
 def _aggregate(results: list[dict[str, Any]]) -> dict[str, float]:
@@ -253,14 +334,17 @@ def _best_result(results: list[dict[str, Any]], monitor: str) -> dict[str, Any]:
     return pick(results, key=lambda r: r[key])
 
 
-def _register(settings: RunSettings, best: dict[str, Any]) -> dict:
-    """Register the best seed's model once; a resumed stage reuses the earlier registration."""
+def _register(client: MlflowClient, settings: RunSettings, best: dict[str, Any]) -> dict:
+    """Register the best seed's model once; a resumed stage reuses the earlier registration
+    (recorded, or found in the registry when a kill came before it was recorded)."""
     run, run_name, names = settings.run, settings.name, settings.tracking
-    done = paths.work_dir(run_name) / "registered.json"
+    done = paths.work_dir(run_name) / REGISTERED_FILE
     if done.is_file():
-        return json.loads(done.read_text())
+        recorded = json.loads(done.read_text())
+        if recorded.pop("run_id", None) == best["child_run_id"]:
+            return recorded
     registered = model_registry.register_best(
-        MlflowClient(mlflow.get_tracking_uri()),
+        client,
         model_id=best["logged_model_id"],
         run_id=best["child_run_id"],
         name=model_registry.registered_model_name(names.registered_model_prefix, run.dataset),
@@ -269,7 +353,7 @@ def _register(settings: RunSettings, best: dict[str, Any]) -> dict:
         best_val_auc=best["best_val_auc"],
         champion_alias=names.champion_alias,
     )
-    _write_json(done, registered)
+    _write_json(done, {**registered, "run_id": best["child_run_id"]})
     return registered
 
 
@@ -348,7 +432,9 @@ def run_train(settings: RunSettings) -> dict[str, Any]:
     uri = store.tracking_uri()
     name = store.experiment_name(settings.tracking.experiment_prefix, run.dataset)
     store.ensure_reachable(uri, experiment=name)
-    with exclusive_run(lock_file(run_name), f"run {run_name!r}"):
+    work = paths.work_dir(run_name)
+    with exclusive_run(lock_file(run_name), f"run {run_name!r}"), _one_line_errors(work, uri):
+        atomic.remove_leftovers(work)  # of a removal that was killed
         mlflow.set_tracking_uri(uri)
         client = MlflowClient(uri)
         experiment_id = store.get_or_create_experiment(client, name)
@@ -358,9 +444,35 @@ def run_train(settings: RunSettings) -> dict[str, Any]:
         summary.update(experiment_name=name, tracking_uri=uri)
         results = summary.pop("results")
         _write_outputs(run_name, results, _preprocessing(data), summary)
-        # Only now: until the outputs are in place, a failed stage can resume from this state.
-        shutil.rmtree(paths.work_dir(run_name))
+        # Only now: until the outputs are in place, a failed stage can resume from this
+        # state. Removed whole (renamed aside first): a kill leaves no part of it to resume.
+        atomic.remove_tree(work)
     return summary
+
+
+@contextmanager
+def _one_line_errors(work: Path, uri: str) -> Iterator[None]:
+    """A full disk or read-only output (the work folder, models/, the MLflow store's files)
+    or a full MLflow store ends as one line naming the path and what to free or fix."""
+    # MLflow logs each database error of its SQL store with a traceback, then raises it
+    # (an MlflowException with the same text): it is shown once, by the stage.
+    store_log = logging.getLogger("mlflow.store.db.utils")
+    level = store_log.level
+    store_log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as err:
+        outputs = [work, paths.models_dir(work.name)]
+        if uri.startswith("sqlite:///"):
+            outputs.append(Path(uri.removeprefix("sqlite:///")))
+        translated = atomic.output_error(err, *outputs) or runs.store_full_error(err, uri)
+        if translated is None:
+            raise
+        raise translated from err
+    finally:
+        store_log.setLevel(level)
 
 
 def _train_all(settings: RunSettings, data: PreparedData, experiment_id: str) -> dict[str, Any]:
@@ -377,17 +489,28 @@ def _train_all(settings: RunSettings, data: PreparedData, experiment_id: str) ->
         "split": dataset.split.model_dump(mode="json"),
     }
     work = paths.work_dir(run_name)
-    _prepare_work_dir(work, {**parent_params, "data": data.meta})
-    with runs.resumable_run(
-        work / "parent.mlflow_run_id", experiment_id, run_name, {**tags, "medimg.role": "parent"}
-    ) as parent:
-        mlflow.log_params(runs.flatten_params(parent_params))
+    tags[runs.WORK_TAG] = _prepare_work_dir(work, {**parent_params, "data": data.meta})
+    parent_tags = {**tags, "medimg.role": "parent"}
+    identity = {key: parent_tags[key] for key in (runs.WORK_TAG, "medimg.role")}
+    id_file = work / PARENT_ID_FILE
+    recorded = id_file.read_text().strip() if id_file.is_file() else None
+    client = MlflowClient(mlflow.get_tracking_uri())
+    with runs.resumable_run(id_file, experiment_id, run_name, parent_tags, identity) as parent:
+        parent_id = parent.info.run_id
+        if recorded not in (None, parent_id):
+            _forget_logging(work)  # every seed is logged again, into children of this parent
+        params = runs.flatten_params(parent_params)
+        batch.log_batch(client, parent_id, params=batch.params_of(params))
         results = [
-            _train_seed(run, run_name, data, seed, experiment_id, tags) for seed in run.seeds()
+            _train_seed(client, run, run_name, data, seed, experiment_id, tags)
+            for seed in run.seeds()
         ]
-        mlflow.log_metrics(_aggregate(results))
+        aggregates = batch.metrics_at(_aggregate(results))
+        batch.log_batch(client, parent_id, metrics=batch.not_logged(client, parent_id, aggregates))
         best = _best_result(results, run.monitor)
-        registered = _register(settings, best) if settings.tracking.register_models else None
+        registered = (
+            _register(client, settings, best) if settings.tracking.register_models else None
+        )
     return {
         "run": run_name,
         "dataset": run.dataset,

@@ -17,19 +17,18 @@ run status: COMPLETE -> FINISHED, PRUNED -> KILLED, FAIL -> FAILED.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import optuna
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, Run
+from mlflow.entities import Run
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from optuna.trial import FrozenTrial, TrialState
 
 from medimg.config.runs import RunConfig
-from medimg.tracking import callbacks, runs, store
+from medimg.tracking import batch, callbacks, runs, store
 from medimg.tuning.workers import waiting_lock
 
 STUDY_ROLE = "study"
@@ -43,7 +42,6 @@ RUN_STATUS = {
     TrialState.PRUNED: "KILLED",
     TrialState.FAIL: "FAILED",
 }
-_BATCH = 100  # MLflow's log_batch takes at most 100 params
 
 
 class StudyTracker:
@@ -94,9 +92,7 @@ class StudyTracker:
         flat = runs.flatten_params(
             {**run.model_dump(mode="json"), "model_options": run.options().model_dump(mode="json")}
         )
-        params = [Param(key, value) for key, value in flat.items()]
-        for start in range(0, len(params), _BATCH):
-            self.client.log_batch(run_id, params=params[start : start + _BATCH])
+        batch.log_batch(self.client, run_id, params=batch.params_of(flat))
         self.client.set_tag(
             run_id, "medimg.sampled", ", ".join(f"{k}={v}" for k, v in values.items())
         )
@@ -143,9 +139,7 @@ class StudyTracker:
             metrics[f"val_{objective}"] = trial.value
         if trial.intermediate_values:
             metrics["last_reported_step"] = max(trial.intermediate_values)
-        self.client.log_batch(
-            run_id, metrics=[Metric(k, float(v), _now_ms(), 0) for k, v in metrics.items()]
-        )
+        batch.log_batch(self.client, run_id, metrics=batch.metrics_at(metrics))
         self.client.set_tag(run_id, TRIAL_STATE_TAG, trial.state.name)
         if error:
             self.client.set_tag(run_id, "medimg.error", error[: runs.MAX_PARAM_VALUE_LENGTH])
@@ -155,10 +149,7 @@ class StudyTracker:
         self, metrics: dict[str, float], tags: dict[str, str], artifacts: Path
     ) -> None:
         """The best value and parameters, counts and the report files on the study run."""
-        self.client.log_batch(
-            self.parent_run_id,
-            metrics=[Metric(k, float(v), _now_ms(), 0) for k, v in metrics.items()],
-        )
+        batch.log_batch(self.client, self.parent_run_id, metrics=batch.metrics_at(metrics))
         for key, value in tags.items():
             self.client.set_tag(self.parent_run_id, key, value)
         self.client.log_artifacts(self.parent_run_id, str(artifacts), artifact_path="study")
@@ -185,11 +176,5 @@ def _find_or_create_parent(
     if chosen != mine:
         client.delete_run(mine)  # another host's worker created one first
         return chosen
-    flat = [Param(k, v) for k, v in runs.flatten_params(params).items()]
-    for start in range(0, len(flat), _BATCH):
-        client.log_batch(mine, params=flat[start : start + _BATCH])
+    batch.log_batch(client, mine, params=batch.params_of(runs.flatten_params(params)))
     return mine
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
