@@ -22,6 +22,7 @@ from medimg.commands import (
     report,
     split,
     stack,
+    summary,
     train,
     tune,
 )
@@ -39,6 +40,7 @@ COMMANDS: tuple[Command, ...] = tuple(
         tune,
         predict,
         report,
+        summary,
         gpu_bundle,
         import_results,
         params,
