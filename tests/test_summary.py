@@ -7,12 +7,14 @@ tests/test_compare_loop.py (it needs a pipeline run).
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from medimg.reporting.render import Report, Section, to_markdown
-from medimg.reporting.summary import SummaryError, headline_tables, pipeline_summary
+from medimg.reporting.summary import SummaryError, dvc_diff, headline_tables, pipeline_summary
 from medimg.reporting.tables import THESIS_TABLE_CAPTION, Cell, Row, Table
 
 
@@ -63,3 +65,30 @@ def test_a_workspace_without_the_report_asks_for_the_pipeline(tmp_path: Path) ->
     )
     with pytest.raises(SummaryError, match=r"report\.md: not found; run the pipeline first"):
         pipeline_summary("HEAD", tmp_path)
+
+
+@pytest.mark.slow  # runs git and DVC
+def test_dvc_diffs_are_tables_of_what_differs_or_nothing(tmp_path: Path) -> None:
+    identity = ["-c", "user.name=t", "-c", "user.email=t@t.invalid"]
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
+    (tmp_path / "params.yaml").write_text("rate: 0.1\nepochs: 2\n")
+    (tmp_path / "m.json").write_text('{"acc": 0.5}')
+    stage = {"cmd": "true", "params": ["rate", "epochs"], "metrics": [{"m.json": {"cache": False}}]}
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"s": stage}}))
+    subprocess.run(["git", "add", "-A"], cwd=tmp_path, check=True)
+    subprocess.run(["git", *identity, "commit", "-q", "-m", "c"], cwd=tmp_path, check=True)
+    # nothing differs: no table (DVC alone would print an empty one)
+    assert dvc_diff("params", "HEAD", tmp_path) == dvc_diff("metrics", "HEAD", tmp_path) == ""
+    (tmp_path / "params.yaml").write_text("rate: 0.2\nepochs: 2\n")
+    (tmp_path / "m.json").write_text('{"acc": 0.75}')
+    params = dvc_diff("params", "HEAD", tmp_path).splitlines()
+    assert [row.split("|")[2].strip() for row in params[2:]] == ["rate"]
+    metrics = dvc_diff("metrics", "HEAD", tmp_path).splitlines()
+    assert [cell.strip() for cell in metrics[2].strip("|").split("|")] == [
+        "m.json",
+        "acc",
+        "0.5",
+        "0.75",
+        "0.25",
+    ]

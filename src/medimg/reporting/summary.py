@@ -63,7 +63,9 @@ def dvc_diff(kind: str, base: str, root: Path) -> str:
     command = [sys.executable, "-m", "dvc", kind, "diff", base, "--md"]
     if kind == "metrics":
         command += ["--precision", str(METRICS_PRECISION)]
-    return _run(command, root, f"dvc {kind} diff {base}").strip()
+    table = _run(command, root, f"dvc {kind} diff {base}").strip()
+    # DVC prints the header and its rule even when nothing differs
+    return table if len(table.splitlines()) > 2 else ""
 
 
 def headline_tables(report_markdown: str) -> list[str]:
