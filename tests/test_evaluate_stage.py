@@ -24,6 +24,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 from PIL import Image
+from scipy import stats
 
 from medimg.config.params import Params, load_params, parse_params
 from medimg.data.prepared import load_prepared
@@ -33,6 +34,7 @@ from medimg.evaluation.evaluate_stage import (
     headline_metrics,
     run_evaluate,
 )
+from medimg.evaluation.parent_metrics import PARENT_METRICS
 from medimg.evaluation.predictions import (
     PREDICTIONS_FILE,
     data_fingerprint,
@@ -344,8 +346,22 @@ def check_evaluation(setup: Setup, report: dict) -> dict:
             f"evaluation/{TEST_PREDICTIONS_FILE}",
         } <= artifacts
     parent = client.get_run(setup.parent_id).data.metrics
-    assert parent["test_accuracy_mean"] == pytest.approx(np.mean(per_seed))
-    assert parent["test_accuracy_std"] == pytest.approx(np.std(per_seed, ddof=1))
+    # to four decimals, as metrics.json
+    assert parent["test_accuracy_mean"] == pytest.approx(np.mean(per_seed), abs=5e-5)
+    # Student's t over the repeats (scipy's interval is NaN when the spread is 0)
+    half_width = stats.t.ppf(0.975, len(per_seed) - 1) * stats.sem(per_seed)
+    low, high = np.mean(per_seed) - half_width, np.mean(per_seed) + half_width
+    assert parent["test_accuracy_ci_low"] == pytest.approx(low, abs=5e-5)
+    assert parent["test_accuracy_ci_high"] == pytest.approx(high, abs=5e-5)
+    assert test_accuracy["ci_low"] == pytest.approx(low)  # details.json has it too
+    # The headline a user compares, not every statistic of every metric (those are in
+    # details.json): at most three values of each of PARENT_METRICS.
+    assert set(parent) <= {
+        f"{split}_{metric}_{statistic}"
+        for split, metric in PARENT_METRICS
+        for statistic in ("mean", "ci_low", "ci_high")
+    }
+    assert len(parent) <= 3 * len(PARENT_METRICS) <= 24
     parent_artifacts = {a.path for a in client.list_artifacts(setup.parent_id, "evaluation")}
     assert {
         f"evaluation/{name}" for name in (*PNGS, "metrics.json", "roc_test.csv")
@@ -354,6 +370,12 @@ def check_evaluation(setup: Setup, report: dict) -> dict:
     # Evaluation logs into the training's runs; it creates none of its own.
     experiment = client.get_experiment_by_name(f"medimg-{DATASET}")
     assert len(client.search_runs([experiment.experiment_id])) == 1 + len(SEEDS)
+    # The experiment's saved view (the UI's "Views" menu) shows parent metrics.
+    envelope = json.loads(experiment.tags["mlflow.sharedViewState.medimg-headline"])
+    assert envelope["name"] == "Headline (medimg)" and envelope["createdAt"] > 0
+    view = json.loads(envelope["state"])
+    columns = [c.removeprefix("metrics.`").removesuffix("`") for c in view["selectedColumns"]]
+    assert "test_accuracy_mean" in columns and set(columns) <= set(parent)
 
     return on_disk
 

@@ -42,6 +42,14 @@ def _copy_repository(dest: Path) -> None:
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
 
 
+def pipeline_env() -> dict[str, str]:
+    """This environment less the store settings, for `dvc repro` in a copy of the repository."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "MEDIMG_"))}
+    # dvc's stage commands call `python`: make it this interpreter, with medimg installed.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
 def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
     output = result.stdout + result.stderr
@@ -53,9 +61,7 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
     repo = tmp_path_factory.mktemp("repo")
     _copy_repository(repo)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "MEDIMG_"))}
-    # dvc's stage commands call `python`: make it this interpreter, with medimg installed.
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env = pipeline_env()
     dvc = [sys.executable, "-m", "dvc"]
     first = _run([*dvc, "repro"], repo, env)
     second = _run([*dvc, "repro"], repo, env)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import http.server
+import json
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -129,6 +131,42 @@ def test_experiment_is_created_once_with_its_artifact_location(store: MlflowClie
     store.delete_experiment(first)
     with pytest.raises(tracking_store.TrackingError, match="deleted"):
         tracking_store.get_or_create_experiment(store, name)
+
+
+def test_experiments_are_of_the_machine_learning_kind(store: MlflowClient) -> None:
+    """MLflow 3's UI opens an experiment of this kind on its training runs (FACTS.md)."""
+    kind = "mlflow.experimentKind"
+    created = tracking_store.get_or_create_experiment(store, "kind-new")
+    assert store.get_experiment(created).tags[kind] == "custom_model_development"
+    # made before medimg set the kind (an older store): tagged when next used
+    older = store.create_experiment("kind-older")
+    assert kind not in store.get_experiment(older).tags
+    assert tracking_store.get_or_create_experiment(store, "kind-older") == older
+    assert store.get_experiment(older).tags[kind] == "custom_model_development"
+    # a kind someone chose is theirs
+    chosen = store.create_experiment("kind-chosen", tags={kind: "genai_development"})
+    tracking_store.get_or_create_experiment(store, "kind-chosen")
+    assert store.get_experiment(chosen).tags[kind] == "genai_development"
+
+
+def test_a_saved_view_is_an_envelope_the_ui_lists_and_is_written_once(
+    store: MlflowClient,
+) -> None:
+    """The UI's saved-view format (MLflow 3.17's bundle): it lists the view under "Views"."""
+    experiment = tracking_store.get_or_create_experiment(store, "views")
+    tag = "mlflow.sharedViewState.key"
+    store.set_experiment_tag(experiment, tag, '{"selectedColumns": []}')  # an older, plain one
+    state = {"selectedColumns": ["metrics.`test_accuracy_mean`"]}
+    tracking_store.save_shared_view(store, experiment, "key", "Headline", state)
+    envelope = json.loads(store.get_experiment(experiment).tags[tag])
+    assert envelope["name"] == "Headline" and json.loads(envelope["state"]) == state
+    assert isinstance(envelope["createdAt"], int) and envelope["updatedAt"] >= envelope["createdAt"]
+    time.sleep(0.01)  # a rewrite would have another updatedAt
+    tracking_store.save_shared_view(store, experiment, "key", "Headline", state)  # unchanged
+    assert json.loads(store.get_experiment(experiment).tags[tag]) == envelope
+    link = tracking_store.shared_view_link("http://127.0.0.1:5000/", experiment, "key")
+    runs = f"http://127.0.0.1:5000/#/experiments/{experiment}/runs"
+    assert link == f"{runs}?viewStateShareKey=key&workflowType=machine_learning"
 
 
 def test_epoch_logger_logs_every_epoch_and_continues_steps_on_resume(

@@ -160,11 +160,14 @@ def test_parent_and_child_runs_hold_params_metrics_and_artifacts(
         )
         assert [m.name for m in logged] == ["model"]
 
-    for metric in ("best_val_auc", "best_val_accuracy", "best_val_loss"):
+    for metric in ("best_val_auc", "best_val_accuracy", "best_val_loss", "best_train_accuracy"):
         values = [c.data.metrics[metric] for c in children]
         assert parent.data.metrics[f"{metric}_mean"] == pytest.approx(np.mean(values))
-        assert parent.data.metrics[f"{metric}_std"] == pytest.approx(np.std(values, ddof=1))
-        assert parent.data.metrics[f"{metric}_max"] == pytest.approx(max(values))
+    # the means only: each seed's values are on its child (evaluation.parent_metrics adds
+    # the test and validation headline when the evaluate stage runs)
+    assert sorted(parent.data.metrics) == sorted(
+        f"best_{m}_mean" for m in ("val_auc", "val_accuracy", "val_loss", "train_accuracy")
+    )
 
 
 def test_champion_is_the_best_validation_auc_across_configurations(

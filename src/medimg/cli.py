@@ -23,6 +23,7 @@ from medimg.commands import (
     report,
     split,
     stack,
+    summary,
     train,
     tune,
 )
@@ -41,6 +42,7 @@ COMMANDS: tuple[Command, ...] = tuple(
         confirm,
         predict,
         report,
+        summary,
         gpu_bundle,
         import_results,
         params,

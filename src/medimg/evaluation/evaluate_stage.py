@@ -10,7 +10,8 @@ refuses predictions made on other data. Writes reports/runs/<run>/:
                           keys so that `dvc metrics show` stays a table at 120 columns):
                           test acc, acc_std, auc, sens, spec (means over seeds; macro
                           for multiclass), val_acc, val_auc and seeds; 4 decimals
-    details.json          everything: {"val"|"test": {metric: {mean, std, min, max}},
+    details.json          everything: {"val"|"test": {metric: {mean, std, min, max,
+                          ci_low, ci_high}} (ci: the 95 % t interval over seeds),
                           "per_seed": {"seed-<k>": {"val"|"test": {metric: value}}},
                           "best_seed", "n_seeds", "std_ddof"}; scalars only, NaN -> null
     confusion_test.csv    actual,predicted class names, one row per test image (best seed)
@@ -28,8 +29,9 @@ data only), so the test set never picks the model it reports.
 
 MLflow: each child run (one per seed, made by the train stage) gets val_<metric>,
 test_<metric> and n_test_images metrics and its seeds/seed-<k>/ files under evaluation/;
-the parent run gets <split>_<metric>_{mean,std,min,max} and the top-level files. No
-run is created here.
+the parent run gets the headline only (medimg.evaluation.parent_metrics: a few metrics'
+mean and 95 % interval) and the top-level files, details.json holding everything else.
+No run is created here.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from medimg.evaluation.metrics import (
     roc_points,
     scalar_metrics,
 )
+from medimg.evaluation.parent_metrics import parent_metrics, save_headline_view
 from medimg.evaluation.predictions import (
     EVALUATED_SPLITS,
     SplitPredictions,
@@ -80,7 +83,7 @@ SUMMARY_FILE = "summary.json"
 # model, are what evaluate reads (the train stage predicted with the model it kept).
 REQUIRED_SEED_KEYS = ("seed", "child_run_id", "predictions")
 ARTIFACT_DIR = "evaluation"
-STATISTICS = ("mean", "std", "min", "max")
+STATISTICS = ("mean", "std", "min", "max", "ci_low", "ci_high")
 # metrics.json key -> (split, metric, statistic) of details.json. DVC prints one column
 # per key, each as wide as its name, beside a 40-character path: with longer names or
 # more keys a row no longer fits 120 columns. Test split unless the key says "val_".
@@ -428,7 +431,7 @@ def _evaluate_into(
     _write_json(staging / "details.json", report)
     _write_json(staging / "metrics.json", headline_metrics(report))
     # MLflow last: a failure above leaves both the store and reports/ untouched.
-    _log_evaluation(client, summary, per_seed, report, staging)
+    _log_evaluation(client, summary, per_seed, staging)
     return _json_ready(report)
 
 
@@ -436,41 +439,25 @@ def _log_evaluation(
     client: MlflowClient,
     summary: dict[str, Any],
     per_seed: dict[int, dict[str, Any]],
-    report: dict[str, Any],
     staging: Path,
 ) -> None:
-    """Children: val_/test_<metric> and their files; parent: statistics, ensemble, files."""
+    """Children: val_/test_<metric> and their files; parent: the headline and the files."""
+    children = []
     for entry in summary["seeds"]:
         seed, run_id = entry["seed"], entry["child_run_id"]
         metrics = per_seed[seed]["metrics"]
-        _log_metrics(
-            client,
-            run_id,
-            {
-                **{
-                    f"{split}_{name}": value
-                    for split in EVALUATED_SPLITS
-                    for name, value in scalar_metrics(metrics[split]).items()
-                },
-                # the report states each side's test-set size beside a comparison
-                N_TEST_IMAGES_METRIC: metrics["test"]["n"],
-            },
-        )
-        client.log_artifacts(run_id, str(_seed_dir(staging, seed)), ARTIFACT_DIR)
-    parent = {
-        f"{split}_{name}_{stat}": values[stat]
-        for split in EVALUATED_SPLITS
-        for name, values in report[split].items()
-        for stat in STATISTICS
-    }
-    parent.update(
-        {
-            f"ensemble_{split}_{name}": value
+        child = {
+            f"{split}_{name}": value
             for split in EVALUATED_SPLITS
-            for name, value in report["ensemble"][split].items()
+            for name, value in scalar_metrics(metrics[split]).items()
         }
-    )
-    _log_metrics(client, summary["parent_run_id"], parent)
+        children.append(child)
+        # the report states each side's test-set size beside a comparison
+        _log_metrics(client, run_id, {**child, N_TEST_IMAGES_METRIC: metrics["test"]["n"]})
+        client.log_artifacts(run_id, str(_seed_dir(staging, seed)), ARTIFACT_DIR)
+    _log_metrics(client, summary["parent_run_id"], parent_metrics(children))
+    experiment_id = client.get_run(summary["parent_run_id"]).info.experiment_id
+    save_headline_view(client, experiment_id)
     for path in sorted(staging.iterdir()):
         if path.is_file():
             client.log_artifact(summary["parent_run_id"], str(path), ARTIFACT_DIR)

@@ -137,6 +137,9 @@ def _status_cells(config: Configuration, width: int) -> tuple[Cell, ...]:
     return (Cell(config.status), *[Cell(DASH)] * (width - 1))
 
 
+# The end of each thesis table's caption: `medimg summary` finds the report's headline
+# tables in report.md by it.
+THESIS_TABLE_CAPTION = ": test accuracy, the thesis and ours"
 THESIS_COLUMNS = (
     "configuration",
     "split protocol",
@@ -217,7 +220,7 @@ def thesis_table(
         rows.append(Row((Cell("our other configurations"),), kind="heading"))
         rows += [_accuracy_row(c, None, full.get(c.name)) for c in others]
     return Table(
-        caption=f"{table.title}: test accuracy, the thesis and ours",
+        caption=f"{table.title}{THESIS_TABLE_CAPTION}",
         columns=THESIS_COLUMNS,
         rows=tuple(rows),
         notes=(

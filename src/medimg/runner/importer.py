@@ -23,7 +23,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 
 from medimg.config.runs import RunConfig
-from medimg.evaluation.metrics import aggregate
+from medimg.evaluation.parent_metrics import parent_metrics, save_headline_view
 from medimg.evaluation.predictions import PREDICTIONS_FILE, read_predictions
 from medimg.evaluation.test_predictions import N_TEST_IMAGES_METRIC
 from medimg.runner.results import (
@@ -41,7 +41,6 @@ from medimg.tracking import batch, runs, store
 
 GROUP_TAG = "medimg.import_group"
 SEED_KEY_TAG = "medimg.import_seed_key"
-STATISTICS = ("mean", "std", "min", "max")
 
 
 def _millis(stamp: str | None) -> int:
@@ -169,8 +168,9 @@ def _import_seed(
 
 
 def _aggregates(client: MlflowClient, experiment_id: str, parent_id: str) -> list[Metric]:
-    """The parent's <split>_<metric>_<stat> over all its children, imported now or before
-    (a run's seeds may come in several chunks), as the local stages log them."""
+    """The parent's headline (medimg.evaluation.parent_metrics) over all its children,
+    imported now or before (a run's seeds may come in several chunks), as the local
+    stages log it, and the means of the training's own figures."""
     children = [
         run.data.metrics
         for run in client.search_runs(
@@ -180,16 +180,7 @@ def _aggregates(client: MlflowClient, experiment_id: str, parent_id: str) -> lis
     if not children:
         return []
     stamp = int(time.time() * 1000)
-    metrics = []
-    for split in ("val", "test"):
-        per_child = [
-            {k.removeprefix(f"{split}_"): v for k, v in c.items() if k.startswith(f"{split}_")}
-            for c in children
-        ]
-        shared = set.intersection(*(set(values) for values in per_child))  # NaN is not logged
-        summary = aggregate([{k: values[k] for k in shared} for values in per_child])
-        for name, stats in summary.items():
-            metrics += [Metric(f"{split}_{name}_{k}", stats[k], stamp, 0) for k in STATISTICS]
+    metrics = [Metric(key, value, stamp, 0) for key, value in parent_metrics(children).items()]
     for name in ("best_train_accuracy", "images_per_second", "train_seconds"):
         values = [c[name] for c in children if name in c]
         if values:
@@ -234,6 +225,7 @@ def _import_folder(folder: Path, experiment_prefix: str) -> dict[str, str]:
             if (seed_dir / SEED_FILE).is_file():
                 _import_seed(client, experiment_id, parent, record, manifest, seed_dir)
         batch.log_batch(client, parent, metrics=_aggregates(client, experiment_id, parent))
+        save_headline_view(client, experiment_id)
         for extra in sorted(folder.glob("*.txt")):  # e.g. the device's throughput figures
             client.log_artifact(parent, str(extra), "runner")
         client.set_terminated(parent, "FINISHED")

@@ -6,8 +6,10 @@ checked before any work, so that a bad store costs seconds, not a training.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from urllib.parse import quote, urlparse, urlsplit, urlunsplit
 from urllib.request import url2pathname
@@ -18,6 +20,23 @@ from mlflow.exceptions import MlflowException
 
 from medimg import paths
 from medimg.errors import UserError
+
+# An experiment's kind, as MLflow records it: this value is "Machine learning" (runs,
+# metrics, models), the other "GenAI apps & agents". MLflow 3.17's UI no longer reads it
+# to choose the pages (its GenAI / Model training switch does: ML_WORKFLOW), but the API
+# and other UI versions do; the values are in the UI bundle (mlflow/server/js/build).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MACHINE_LEARNING_KIND = "custom_model_development"
+# A named view of an experiment's runs table (columns, sort, filter) saved in the
+# experiment, as the UI's "Save view" does: the UI lists it under "Views", and
+# `#/experiments/<id>/runs?viewStateShareKey=<key>` opens it. Its tag holds an envelope
+# {"name", "createdAt", "updatedAt" (ms), "state": the view's state as a JSON string}
+# (MLflow 3.17's UI bundle, mlflow/server/js/build: the saved-views module).
+SHARED_VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+# MLflow 3.17's UI shows every experiment in its "GenAI" mode (Overview, traces) until
+# the browser switches to "Model training" (remembered in its local storage), whatever
+# the experiment's kind tag says; this query parameter opens a page in that mode.
+ML_WORKFLOW = "workflowType=machine_learning"
 
 
 class TrackingError(UserError, RuntimeError):
@@ -215,12 +234,19 @@ def artifact_location(name: str, uri: str | None = None) -> str | None:
 
 
 def get_or_create_experiment(client: MlflowClient, name: str) -> str:
-    """The id of experiment `name`, created (with `artifact_location`) when missing."""
+    """The id of experiment `name`, created (with `artifact_location`) when missing.
+
+    The experiment is of MLflow's "machine learning" kind (EXPERIMENT_KIND_TAG). An
+    experiment made before, without the tag, gets it; one whose kind someone chose is
+    left as it is.
+    """
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         try:
             return client.create_experiment(
-                name, artifact_location=artifact_location(name, client.tracking_uri)
+                name,
+                artifact_location=artifact_location(name, client.tracking_uri),
+                tags={EXPERIMENT_KIND_TAG: MACHINE_LEARNING_KIND},
             )
         except MlflowException:
             # Another worker may have created it between our lookup and create.
@@ -233,4 +259,39 @@ def get_or_create_experiment(client: MlflowClient, name: str) -> str:
             f"(mlflow experiments restore --experiment-id {experiment.experiment_id}) "
             "or delete it permanently (mlflow gc)"
         )
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        client.set_experiment_tag(
+            experiment.experiment_id, EXPERIMENT_KIND_TAG, MACHINE_LEARNING_KIND
+        )
     return experiment.experiment_id
+
+
+def save_shared_view(
+    client: MlflowClient, experiment_id: str, key: str, name: str, state: dict
+) -> None:
+    """Save `state` (the UI's view state: e.g. {"selectedColumns": ["metrics.`acc`"]}) as
+    the experiment's view `name` under `key`; shared_view_link opens it. An unchanged
+    view is not written again (every evaluate stage saves it)."""
+    tag = SHARED_VIEW_TAG_PREFIX + key
+    state_text = json.dumps(state, separators=(",", ":"))
+    now = int(time.time() * 1000)
+    try:
+        current = json.loads(client.get_experiment(experiment_id).tags.get(tag, "{}"))
+    except json.JSONDecodeError:  # an older, plain view: replaced
+        current = {}
+    if current.get("name") == name and current.get("state") == state_text:
+        return
+    envelope = {
+        "name": name,
+        "createdAt": current.get("createdAt", now),
+        "updatedAt": now,
+        "state": state_text,
+    }
+    client.set_experiment_tag(experiment_id, tag, json.dumps(envelope, separators=(",", ":")))
+
+
+def shared_view_link(ui_url: str, experiment_id: str, key: str) -> str:
+    """The address in the MLflow UI at `ui_url` of experiment `experiment_id`'s runs table
+    as its saved view `key` shows it, in the UI's "Model training" mode (ML_WORKFLOW)."""
+    runs = f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs"
+    return f"{runs}?viewStateShareKey={key}&{ML_WORKFLOW}"

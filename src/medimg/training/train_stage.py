@@ -315,16 +315,15 @@ def _forget_logging(work: Path) -> None:
 
 
 def _aggregate(results: list[dict[str, Any]]) -> dict[str, float]:
-    """Mean, sample std, min and max over seeds of each best_val_* metric (the one
-    aggregator, medimg.evaluation.statistics); with one seed no std is logged."""
-    stats = {}
-    for key in (*(f"best_{metric}" for metric in VAL_METRICS), "best_train_accuracy"):
-        summary = summarize([r[key] for r in results])
-        for statistic in ("mean", "std", "min", "max"):
-            value = getattr(summary, statistic)
-            if value is not None:
-                stats[f"{key}_{statistic}"] = value
-    return stats
+    """The mean over seeds of each best_val_* metric and of the training accuracy
+    (the one aggregator, medimg.evaluation.statistics).
+
+    Means only: the parent run holds the few numbers a user compares (the evaluate
+    stage adds the test and validation headline, evaluation.parent_metrics); each
+    seed's values are on its child run.
+    """
+    keys = (*(f"best_{metric}" for metric in VAL_METRICS), "best_train_accuracy")
+    return {f"{key}_mean": summarize([r[key] for r in results]).mean for key in keys}
 
 
 def _best_result(results: list[dict[str, Any]], monitor: str) -> dict[str, Any]:
