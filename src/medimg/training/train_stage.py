@@ -268,6 +268,7 @@ def _register(settings: RunSettings, best: dict[str, Any]) -> dict:
         seed=best["seed"],
         best_val_auc=best["best_val_auc"],
         champion_alias=names.champion_alias,
+        experiment_copy=runs.experiment_copy_name(),
     )
     _write_json(done, registered)
     return registered

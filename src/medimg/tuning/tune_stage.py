@@ -62,10 +62,12 @@ def study_work_dir(storage_name: str, url: str) -> Path:
     """.medimg-work/tune/<storage study>-<storage digest>/: trial folders, worker locks.
 
     The storage is part of the name: the same study in two storages numbers its
-    trials independently, and their trial folders must not meet.
+    trials independently, and their trial folders must not meet. Beside the project's
+    stores (paths.store_root): the workers of queued DVC experiments, each in its own
+    temporary copy, share a study, its lock and its workers' claims.
     """
     digest = hashlib.sha256(describe(url).encode()).hexdigest()[:6]
-    return paths.root() / ".medimg-work" / "tune" / f"{storage_name}-{digest}"
+    return paths.store_root() / ".medimg-work" / "tune" / f"{storage_name}-{digest}"
 
 
 def _check_image_sizes(study_name: str, study: StudyConfig, data: PreparedData) -> None:
