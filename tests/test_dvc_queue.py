@@ -10,7 +10,7 @@ MLflow runs are in the workspace's store (mlruns/mlflow.db), tagged with the exp
 and its baseline commit, with the evaluate stage's metrics; no store or journal was made
 anywhere else; each registered its model without moving the champion (README, "Sweeps");
 and once one is chosen (`dvc exp branch`, checked out), `medimg report` finds its runs.
-Takes 3 to 5 minutes on a 2-core CPU (two trainings at once, and DVC's copies).
+Takes 1.5 to 3.5 minutes on a 2-core CPU (two trainings at once, and DVC's copies).
 """
 
 from __future__ import annotations
