@@ -153,9 +153,11 @@ def test_a_model_from_an_experiment_copy_never_becomes_the_champion(tmp_path):
 
 
 def _open_store(uri: str, start_at: float) -> str:
+    """What a train stage does first to the store: check it, then find its experiment."""
     time.sleep(max(0.0, start_at - time.time()))
     try:
-        store.ensure_reachable(uri)
+        store.ensure_reachable(uri, experiment="medimg-chest_xray")
+        store.get_or_create_experiment(MlflowClient(uri), "medimg-chest_xray")
         return ""
     except Exception as err:  # reported by the test
         return f"{type(err).__name__}: {err}"
@@ -170,7 +172,7 @@ def test_processes_opening_a_new_store_at_once_all_succeed(tmp_path):
     with multiprocessing.get_context("spawn").Pool(3) as pool:
         errors = pool.starmap(_open_store, [(uri, start_at)] * 3)
     assert errors == ["", "", ""]
-    assert MlflowClient(uri).get_experiment("0").name == "Default"
+    assert MlflowClient(uri).get_experiment_by_name("medimg-chest_xray") is not None
 
 
 @pytest.fixture(scope="module")

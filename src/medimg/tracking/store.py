@@ -119,7 +119,8 @@ def ensure_reachable(
     - sqlite: the database's folder exists (only the project's mlruns/ is created:
       MLflow would silently create any other, even at the filesystem root), it and
       an existing database file are writable, and so is the local artifact folder
-      of `experiment` (or, without one, the store's artifacts/ folder);
+      of `experiment` (or, without one, the store's artifacts/ folder); then the
+      database is opened (its tables created when new), one process at a time;
     - postgresql: a connection within `timeout_s` (MLflow's engine retries for
       about 100 s), then one query through MlflowClient, as for any other store.
     """
@@ -186,16 +187,18 @@ def _check_sqlite_store(uri: str) -> None:
 
 
 def _open_first_alone(uri: str) -> None:
-    """Open the sqlite store once while no other medimg process does.
+    """Open the sqlite store at `uri` while no other medimg process does.
 
     MLflow creates a new database's tables (and migrates an older one) when a process
-    first opens it; two processes doing that at once fail ("duplicate column name: step":
-    two queued DVC experiments on a store that did not exist yet, measured with
-    benchmarks/mlflow_sqlite_writers.py). Afterwards writers share the database safely.
+    first opens it; two processes doing that at once fail ("duplicate column name: step",
+    or alembic's "Online migration expected to match one row": two queued DVC
+    experiments on a store that did not exist yet; benchmarks/mlflow_sqlite_writers.py).
+    Afterwards writers share the database safely. Called by ensure_reachable, which
+    every writer runs before it makes an MlflowClient (that opens the store at once).
     A blocking lock (fcntl, Linux and macOS), unlike medimg.training.run_lock's, which
     refuses a second holder; the kernel releases it however the process ends.
     """
-    database = _sqlite_path(uri)
+    database = _sqlite_path(uri) if urlparse(uri).scheme == "sqlite" else None
     if database is None:
         return
     with database.with_name(f".{database.name}.lock").open("a") as lock:
