@@ -8,7 +8,7 @@ VENV ?= .venv
 # run inside it without activating anything.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup setup-dev run test test-fast lint summary mlflow-ui
+.PHONY: setup setup-dev run test test-fast lint summary mlflow-ui optuna-dashboard
 
 # What the pipeline needs (`make run`), then the developer tools on top (`make test`).
 # Kept apart because the dev extras bring JAX (the GPU runner's tests), and TensorFlow
@@ -59,3 +59,7 @@ summary: setup
 mlflow-ui: setup
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false \
 	    mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --port 5000 --workers 1
+
+# The studies of the default journal (a study is named <study>-<digest>: docs/tuning.md).
+optuna-dashboard: setup
+	optuna-dashboard optuna/journal.log --host 127.0.0.1 --port 8080

@@ -61,7 +61,7 @@ def main() -> None:
     if browser is None:
         raise SystemExit("no chromium on PATH (Debian: apt-get install chromium)")
     if dashboard is None:
-        raise SystemExit("no optuna-dashboard beside this Python (pip install -e '.[dev]')")
+        raise SystemExit("no optuna-dashboard beside this Python (pip install -e .)")
     record_file = reports_dir(args.study) / "best_params.yaml"
     if not record_file.is_file():
         raise SystemExit(f"{record_file} not found: run `medimg tune --study {args.study}` first")

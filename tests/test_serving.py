@@ -1,9 +1,10 @@
-"""The registered model served over HTTP by `mlflow models serve`, for real, on loopback.
+"""The registered model served over HTTP by `medimg serve` (MLflow's scoring server), for real.
 
-A tiny model is logged with `log_classifier_model` and registered in a temporary sqlite
-store; the MLflow scoring server runs as a subprocess on a free 127.0.0.1 port; an image
-is POSTed to /invocations as base64, and the answer must equal `medimg predict`'s on the
-same file. Takes about half a minute (the server imports TensorFlow).
+A tiny model is logged with `log_classifier_model` and registered in the sqlite store of
+a temporary project (mlruns/mlflow.db); `medimg serve` runs as a subprocess from a
+folder inside the project, without MLFLOW_TRACKING_URI, on a free 127.0.0.1 port; an
+image is POSTed to /invocations as base64, and the answer must equal `medimg predict`'s
+on the same file. Takes about half a minute (the server imports TensorFlow).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -33,6 +35,7 @@ from inference_support import (
 )
 from medimg.cli import main
 from medimg.inference.pyfunc import KerasImageClassifier
+from medimg.tracking.store import URI_VARIABLES
 
 pytestmark = pytest.mark.slow  # each test trains, or runs a server
 
@@ -50,34 +53,22 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     root = tmp_path_factory.mktemp("serving")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    for name in ("params.yaml", "dvc.yaml"):  # what makes the folder a project
+        shutil.copy(REPO / name, root / name)
+    (root / "mlruns").mkdir()
+    uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", uri)
         log_and_register(save_model_folder(root / "seed-0", build_model(), BINARY), NAME)
     port = _free_port()
     model_uri = f"models:/{NAME}@champion"
-    # The server execs `uvicorn` by name: this interpreter's bin folder first on PATH.
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": path}
+    inside = root / "scans"
+    inside.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in (*URI_VARIABLES, "MEDIMG_ROOT")}
     log = (root / "server.log").open("w")
     server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "models",
-            "serve",
-            "-m",
-            model_uri,
-            "--env-manager",
-            "local",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "--workers",
-            "1",
-        ],
+        [sys.executable, "-m", "medimg.cli", "serve", "--model", model_uri, "--port", str(port)],
+        cwd=inside,
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -86,10 +77,29 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_until_ready(url, server, root / "server.log")
-        yield {"url": url, "uri": uri, "model_uri": model_uri}
+        yield {"url": url, "uri": uri, "model_uri": model_uri, "root": root}
     finally:
         _stop(server)
         log.close()
+
+
+def test_the_server_used_the_project_store_and_made_no_other(served):
+    databases = sorted(path.relative_to(served["root"]) for path in served["root"].rglob("*.db"))
+    assert databases == [Path("mlruns/mlflow.db")]
+    assert f"from MLflow store {served['uri']}" in (served["root"] / "server.log").read_text()
+
+
+def test_serve_refuses_a_model_folder_in_one_line(tmp_path):
+    folder = save_model_folder(tmp_path / "seed-0", build_model(), BINARY)
+    done = subprocess.run(
+        [sys.executable, "-m", "medimg.cli", "serve", "--model", str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().endswith("or medimg predict")
+    assert "medimg serve serves MLflow models" in done.stderr
 
 
 def _stop(server: subprocess.Popen) -> None:
@@ -107,14 +117,14 @@ def _wait_until_ready(url: str, server: subprocess.Popen, log: Path) -> None:
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            pytest.fail(f"mlflow models serve exited ({server.returncode}):\n{log.read_text()}")
+            pytest.fail(f"medimg serve exited ({server.returncode}):\n{log.read_text()}")
         try:
             if requests.get(f"{url}/ping", timeout=2).status_code == 200:
                 return
         except requests.ConnectionError:
             pass
         time.sleep(1)
-    pytest.fail(f"mlflow models serve not ready after {STARTUP_TIMEOUT_S} s:\n{log.read_text()}")
+    pytest.fail(f"medimg serve not ready after {STARTUP_TIMEOUT_S} s:\n{log.read_text()}")
 
 
 def _invoke(url: str, files: list[bytes]) -> requests.Response:

@@ -121,6 +121,7 @@ def test_study_tracks_trials_writes_best_params_and_resumes(root: Path) -> None:
 
     study = _load_study(root, raw)
     assert [t.number for t in study.trials] == [0, 1]
+    assert study.metric_names == ["val_roc_auc"]  # the dashboard's name, not "Objective 0"
     assert all(t.state == TrialState.COMPLETE for t in study.trials)
     (parent,) = _mlflow_runs(root, "study")
     assert parent.info.run_id == first["parent_run_id"]

@@ -2,8 +2,11 @@
 
 `resolve_model_source` turns any of them into a local folder holding model.keras and
 preprocessing.json. MLflow URIs are downloaded with MLflow's own
-`mlflow.artifacts.download_artifacts` from the project's store (`tracking_uri()`), so
-every URI form MLflow knows works, with MLflow's own credentials and retries.
+`mlflow.artifacts.download_artifacts` from the project's store (`tracking_uri()`: the
+project found from any folder inside it, or MLFLOW_TRACKING_URI), so every URI form
+MLflow knows works, with MLflow's own credentials and retries. That store is made
+MLflow's process-wide one first: MLflow resolves models:/ and runs:/ against it, not
+against the store a call names.
 """
 
 from __future__ import annotations
@@ -59,16 +62,15 @@ def _download(spec: str, destination: Path) -> Path:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from medimg.tracking.store import tracking_uri
+    from medimg.tracking.store import current_store, tracking_uri
 
     uri = tracking_uri()
     _check_store(uri, spec)
     try:
-        return Path(
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=spec, tracking_uri=uri, dst_path=str(destination)
+        with current_store(uri):
+            return Path(
+                mlflow.artifacts.download_artifacts(artifact_uri=spec, dst_path=str(destination))
             )
-        )
     except MlflowException as err:
         reason = err.message.strip().splitlines()[0].rstrip(".")
         raise ModelSourceError(
@@ -82,7 +84,11 @@ def _check_store(uri: str, spec: str) -> None:
     from medimg.tracking.store import TrackingError, ensure_reachable, require_existing_store
 
     try:
-        require_existing_store(uri, "set MLFLOW_TRACKING_URI to the store that holds the model")
+        require_existing_store(
+            uri,
+            "run medimg inside the project that holds the model, "
+            "or set MLFLOW_TRACKING_URI to its store",
+        )
         if urlparse(uri).scheme == "sqlite":
             return
         ensure_reachable(uri)

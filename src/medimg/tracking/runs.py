@@ -108,13 +108,35 @@ def _device_name() -> str:
     return device_name()
 
 
+# DVC sets these for the stages of `dvc exp run` (also --queue and --temp): the runs of a
+# sweep are found in MLflow by experiment (tags.`medimg.dvc_experiment` = 'lr-1').
+DVC_EXPERIMENT_TAGS = {
+    "DVC_EXP_NAME": "medimg.dvc_experiment",
+    "DVC_EXP_BASELINE_REV": "medimg.dvc_baseline",
+}
+
+
+def dvc_experiment_tags() -> dict[str, str]:
+    """The DVC experiment (name, baseline commit) this process runs in; {} outside one."""
+    return {tag: os.environ[var] for var, tag in DVC_EXPERIMENT_TAGS.items() if os.environ.get(var)}
+
+
+def experiment_copy_name() -> str | None:
+    """The DVC experiment's name when this process runs in DVC's temporary copy for it
+    (`dvc exp run --queue` or `--temp`: paths.experiment_workspace), else None."""
+    if paths.experiment_workspace() is None:
+        return None
+    return os.environ.get("DVC_EXP_NAME") or "unnamed"
+
+
 def run_tags(
     run_name: str,
     dataset_fingerprint: str,
     split_protocol: str,
     seed: int | None = None,
 ) -> dict[str, str]:
-    """Tags that say which code, data, software and hardware produced a run.
+    """Tags that say which code, data, software and hardware produced a run, and in which
+    DVC experiment (dvc_experiment_tags).
 
     The git commit is "unknown" outside a repository (or before its first commit).
     """
@@ -131,6 +153,7 @@ def run_tags(
         "medimg.device": _device_name(),
     }
     tags.update({f"medimg.versions.{k}": v for k, v in package_versions().items()})
+    tags.update(dvc_experiment_tags())
     if seed is not None:
         tags["medimg.seed"] = str(seed)
     return tags

@@ -1,19 +1,25 @@
 """The MLflow store: which one, whether it can be used, and the experiments in it.
 
-`MLFLOW_TRACKING_URI` when set, else the project's sqlite store (mlruns/mlflow.db);
-checked before any work, so that a bad store costs seconds, not a training.
+`MLFLOW_TRACKING_URI` when set, else the project's sqlite store (mlruns/mlflow.db under
+medimg.paths.store_root(): the project found from any folder inside it, and the
+workspace for an experiment DVC runs in a temporary copy); checked before any work, so
+that a bad store costs seconds, not a training.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote, urlparse, urlsplit, urlunsplit
 from urllib.request import url2pathname
 
+import mlflow
 import requests
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
@@ -37,6 +43,8 @@ SHARED_VIEW_TAG_PREFIX = "mlflow.sharedViewState."
 # the browser switches to "Model training" (remembered in its local storage), whatever
 # the experiment's kind tag says; this query parameter opens a page in that mode.
 ML_WORKFLOW = "workflowType=machine_learning"
+# What MLflow reads, and sets for its subprocesses, as its process-wide stores.
+URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
 
 class TrackingError(UserError, RuntimeError):
@@ -44,14 +52,45 @@ class TrackingError(UserError, RuntimeError):
 
 
 def tracking_uri() -> str:
-    """`MLFLOW_TRACKING_URI` when set, else the project store sqlite:///<root>/mlruns/mlflow.db.
+    """`MLFLOW_TRACKING_URI` when set, else sqlite:///<store root>/mlruns/mlflow.db.
 
     MLflow 3 refuses the plain file store, hence sqlite; artifacts go under mlruns/.
+    A relative sqlite path in the variable (sqlite:///mlruns/mlflow.db) is taken from
+    the project's store root, not from the current directory: DVC runs a queued
+    experiment's stages in a temporary copy, where it would name a throwaway store.
     """
     env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
+    if not env:
+        return f"sqlite:///{paths.mlruns_dir() / 'mlflow.db'}"
+    database = _sqlite_path(env) if env.startswith("sqlite:///") else None
+    if database is None or database.is_absolute():
         return env
-    return f"sqlite:///{paths.mlruns_dir() / 'mlflow.db'}"
+    return f"sqlite:///{paths.store_root() / database}"
+
+
+@contextmanager
+def current_store(uri: str) -> Iterator[None]:
+    """Make `uri` MLflow's process-wide tracking and registry store while the block runs.
+
+    MLflow resolves models:/ and runs:/ URIs (download_artifacts, model loading, the
+    registry behind a run's logged model) against its process-wide URIs, even when the
+    call names a store (seen with MLflow 3.17); their default is sqlite:///mlflow.db in
+    the current directory, which MLflow would create and search instead. Afterwards
+    MLflow resolves its store as before: from the variables, restored.
+    """
+    saved = {name: os.environ.get(name) for name in URI_VARIABLES}
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(None)  # also unsets MLFLOW_TRACKING_URI ...
+        mlflow.set_registry_uri(None)
+        for name, value in saved.items():  # ... restored here, as the registry's
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _sqlite_path(uri: str) -> Path | None:
@@ -98,7 +137,8 @@ def ensure_reachable(
     - sqlite: the database's folder exists (only the project's mlruns/ is created:
       MLflow would silently create any other, even at the filesystem root), it and
       an existing database file are writable, and so is the local artifact folder
-      of `experiment` (or, without one, the store's artifacts/ folder);
+      of `experiment` (or, without one, the store's artifacts/ folder); then the
+      database is opened (its tables created when new), one process at a time;
     - postgresql: a connection within `timeout_s` (MLflow's engine retries for
       about 100 s), then one query through MlflowClient, as for any other store.
     """
@@ -110,6 +150,7 @@ def ensure_reachable(
     if scheme == "sqlite":
         _check_sqlite_store(uri)
         ensure_artifacts_writable(artifact_location(experiment or "", uri), uri)
+        _open_first_alone(uri)
         return
     if scheme.split("+")[0] in ("postgresql", "postgres"):
         _check_postgresql(uri, timeout_s)
@@ -161,6 +202,29 @@ def _check_sqlite_store(uri: str) -> None:
                 f"MLflow store {uri}: the database file {db} is not writable ({err.strerror}); "
                 "make it writable or point MLFLOW_TRACKING_URI at another store"
             ) from None
+
+
+def _open_first_alone(uri: str) -> None:
+    """Open the sqlite store at `uri` while no other medimg process does.
+
+    MLflow creates a new database's tables (and migrates an older one) when a process
+    first opens it; two processes doing that at once fail ("duplicate column name: step",
+    or alembic's "Online migration expected to match one row": two queued DVC
+    experiments on a store that did not exist yet; benchmarks/mlflow_sqlite_writers.py).
+    Afterwards writers share the database safely. Called by ensure_reachable, which
+    every writer runs before it makes an MlflowClient (that opens the store at once).
+    A blocking lock (fcntl, Linux and macOS), unlike medimg.training.run_lock's, which
+    refuses a second holder; the kernel releases it however the process ends.
+    """
+    database = _sqlite_path(uri) if urlparse(uri).scheme == "sqlite" else None
+    if database is None:
+        return
+    with database.with_name(f".{database.name}.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            MlflowClient(uri).search_experiments(max_results=1)
+        except Exception as err:  # a corrupt or foreign database: say which, in one line
+            raise TrackingError(f"MLflow store {uri} cannot be opened: {one_line(err)}") from None
 
 
 def _check_writable_folder(folder: Path, what: str) -> None:

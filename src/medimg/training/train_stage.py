@@ -351,6 +351,7 @@ def _register(client: MlflowClient, settings: RunSettings, best: dict[str, Any])
         seed=best["seed"],
         best_val_auc=best["best_val_auc"],
         champion_alias=names.champion_alias,
+        experiment_copy=runs.experiment_copy_name(),
     )
     _write_json(done, {**registered, "run_id": best["child_run_id"]})
     return registered

@@ -1,7 +1,8 @@
 """Where studies live: any Optuna storage URL, by default a journal file in the repository.
 
 `--storage`, else $MEDIMG_OPTUNA_STORAGE (the team's PostgreSQL, printed by
-`medimg stack`), else optuna/journal.log under the repository root.
+`medimg stack`), else optuna/journal.log under the project's store root (the
+workspace's, also for a queued DVC experiment: medimg.paths.store_root).
 
 Why a journal file and not SQLite by default: several local workers write to one
 study at once, and Optuna's own RDBStorage documentation (5.0) says "We would never
@@ -60,8 +61,9 @@ class TuneStorageError(UserError, RuntimeError):
 
 
 def default_journal() -> Path:
-    """The project's study journal: optuna/journal.log under the repository root."""
-    return paths.root() / "optuna" / "journal.log"
+    """The project's study journal: optuna/journal.log under the project's store root
+    (the workspace's, for an experiment DVC runs in a temporary copy: paths.store_root)."""
+    return paths.store_root() / "optuna" / "journal.log"
 
 
 def storage_url(cli_value: str | None = None) -> str:

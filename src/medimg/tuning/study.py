@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import warnings
 from typing import Any
 
 import optuna
@@ -132,4 +133,15 @@ def open_study(
     )
     if DEFINITION_ATTR not in opened.user_attrs:
         opened.set_user_attr(DEFINITION_ATTR, definition)
+    if opened.metric_names is None:
+        # The dashboard's name for the value (else "Objective 0"); MLflow's trial runs log
+        # the same value under this name. "Experimental" in Optuna 5.0, used on purpose.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            opened.set_metric_names([objective_metric_name(study)])
     return opened
+
+
+def objective_metric_name(study: StudyConfig) -> str:
+    """What a trial's value is, e.g. val_roc_auc: the objective on the validation split."""
+    return f"val_{study.objective}"

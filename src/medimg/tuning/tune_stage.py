@@ -62,10 +62,12 @@ def study_work_dir(storage_name: str, url: str) -> Path:
     """.medimg-work/tune/<storage study>-<storage digest>/: trial folders, worker locks.
 
     The storage is part of the name: the same study in two storages numbers its
-    trials independently, and their trial folders must not meet.
+    trials independently, and their trial folders must not meet. Beside the project's
+    stores (paths.store_root): the workers of queued DVC experiments, each in its own
+    temporary copy, share a study, its lock and its workers' claims.
     """
     digest = hashlib.sha256(describe(url).encode()).hexdigest()[:6]
-    return paths.root() / ".medimg-work" / "tune" / f"{storage_name}-{digest}"
+    return paths.store_root() / ".medimg-work" / "tune" / f"{storage_name}-{digest}"
 
 
 def _check_image_sizes(study_name: str, study: StudyConfig, data: PreparedData) -> None:
@@ -255,13 +257,14 @@ def run_tune(
     data = load_checked_data(run)
     _check_image_sizes(study_name, config, data)
     check_sampler_available(study_name, config)
-    uri = store.tracking_uri()
-    store.ensure_reachable(uri)
     url = storage_url(storage)
     definition = study_definition(config, run, data)
     storage_name = storage_study_name(study_name, definition)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is printed here
     storage = open_storage(url)
+    # After the storage: checking a sqlite MLflow store creates it when it is new.
+    uri = store.tracking_uri()
+    store.ensure_reachable(uri)
     study = open_study(storage, storage_name, config, definition, config.repeats * run.epochs)
     study_dir = study_work_dir(storage_name, url)
     experiment = store.experiment_name(settings.run.tracking.experiment_prefix, run.dataset)
