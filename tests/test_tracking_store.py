@@ -212,3 +212,19 @@ def test_masked_uri_hides_only_the_password() -> None:
     )
     assert tracking_store.masked_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
     assert tracking_store.masked_uri("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
+
+
+def test_shareable_uri_names_the_project_store_relative_and_masks_passwords(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    monkeypatch.setenv("MEDIMG_ROOT", str(project))
+    inside = f"sqlite:///{project / 'mlruns' / 'mlflow.db'}"
+    assert tracking_store.shareable_uri(inside) == "sqlite:///mlruns/mlflow.db"
+    outside = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    assert tracking_store.shareable_uri(outside) == outside
+    assert (
+        tracking_store.shareable_uri("postgresql://u:pw@db:5432/x")
+        == "postgresql://u:***@db:5432/x"
+    )

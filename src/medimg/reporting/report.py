@@ -275,8 +275,8 @@ def write_report(params: Params, thesis_file: Path = THESIS_RESULTS_FILE) -> lis
         **compare_all(params, configs, thesis),
         "studies": [c for record in studies for c in record.comparisons],
     }
-    # Masked: a server URI may carry a password, and the report is meant to be shared.
-    masked, generated = store.masked_uri(uri), datetime.now(UTC)
+    # A server URI may carry a password, a local path a home folder: the report is shared.
+    masked, generated = store.shareable_uri(uri), datetime.now(UTC)
     report = build_report(params, configs, thesis, masked, generated, comparisons, studies)
     document = comparisons_document(comparisons, masked, generated)
     texts = (

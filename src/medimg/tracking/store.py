@@ -122,6 +122,19 @@ def masked_uri(uri: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def shareable_uri(uri: str) -> str:
+    """`uri` as a shared document names it: masked, and a sqlite database inside the
+    project given relative to it (sqlite:///mlruns/mlflow.db), so that a committed
+    report names no one's home folder."""
+    database = _sqlite_path(uri) if uri.startswith("sqlite:///") else None
+    if database is not None and database.is_absolute():
+        try:
+            return f"sqlite:///{database.resolve().relative_to(paths.store_root().resolve())}"
+        except ValueError:  # outside the project: its own path is the only name it has
+            pass
+    return masked_uri(uri)
+
+
 def one_line(text: object) -> str:
     """`text` with every run of whitespace (newlines too) made one space."""
     return " ".join(str(text).split())
