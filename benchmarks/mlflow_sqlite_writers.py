@@ -6,7 +6,7 @@
 Each process does what one train stage does to the store, through the same medimg
 functions where there are some: store.ensure_reachable and get_or_create_experiment,
 a parent run (mlflow.start_run) with ~60 params, one nested child run per seed with its
-params, one log_batch of 8 metrics per epoch (as medimg.tracking.callbacks does), an
+params, one log_batch of 8 metrics per epoch (as medimg.training.mlflow_logger does), an
 artifact, a logged model (initialize/finalize, no Keras: its files do not touch the
 database), the aggregates on the parent, and model_registry.register_best. All processes
 start at the same instant; with --epoch-s 0 (the default) they write as fast as they can,

@@ -22,7 +22,8 @@ from mlflow import MlflowClient
 from medimg.config.params import Params
 from medimg.team.mlflow_server import start_mlflow_server, stop_process_group
 from medimg.team.stack import Stack, free_port
-from medimg.tracking import callbacks, store
+from medimg.tracking import store
+from medimg.training import mlflow_logger
 from medimg.training.train_stage import run_train
 
 # The tiny configuration and prepared arrays of the train stage's own tests.
@@ -160,7 +161,7 @@ def test_training_carries_on_when_the_tracking_server_restarts(
     events: list[tuple[str, float]] = []
     restarts: list[threading.Thread] = []
 
-    class KillServerAfterFirstEpoch(callbacks.MlflowEpochLogger):
+    class KillServerAfterFirstEpoch(mlflow_logger.MlflowEpochLogger):
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             if not restarts:
                 own_server.kill()
@@ -169,7 +170,7 @@ def test_training_carries_on_when_the_tracking_server_restarts(
             super().on_epoch_end(epoch, logs)
             events.append((f"logged epoch {epoch + 1}", time.monotonic()))
 
-    monkeypatch.setattr(callbacks, "MlflowEpochLogger", KillServerAfterFirstEpoch)
+    monkeypatch.setattr(mlflow_logger, "MlflowEpochLogger", KillServerAfterFirstEpoch)
     summary = run_train(_tiny_params("restarted").run_settings("tiny"))
     restarts[0].join()
 
@@ -198,7 +199,7 @@ def test_training_stopped_by_a_long_outage_resumes_on_rerun(
     # One quick retry stands in for MLflow's four minutes of them.
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
-    real_logger = callbacks.MlflowEpochLogger
+    real_logger = mlflow_logger.MlflowEpochLogger
 
     class KillServerAfterFirstEpoch(real_logger):
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
@@ -206,7 +207,7 @@ def test_training_stopped_by_a_long_outage_resumes_on_rerun(
                 own_server.kill()
             super().on_epoch_end(epoch, logs)
 
-    monkeypatch.setattr(callbacks, "MlflowEpochLogger", KillServerAfterFirstEpoch)
+    monkeypatch.setattr(mlflow_logger, "MlflowEpochLogger", KillServerAfterFirstEpoch)
     with pytest.raises(Exception) as raised:
         run_train(_tiny_params("outage").run_settings("tiny"))
     errors = [e for e in _exception_chain(raised.value) if isinstance(e, store.TrackingError)]
@@ -217,7 +218,7 @@ def test_training_stopped_by_a_long_outage_resumes_on_rerun(
     assert "re-run the stage to resume" in message
 
     own_server.process = own_server._start()
-    monkeypatch.setattr(callbacks, "MlflowEpochLogger", real_logger)
+    monkeypatch.setattr(mlflow_logger, "MlflowEpochLogger", real_logger)
     client = MlflowClient(own_server.uri)
     experiment_id = client.get_experiment_by_name("outage-chest_xray").experiment_id
     # nothing could tell the server: the runs are RUNNING until the re-run finishes them

@@ -18,8 +18,9 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
-from medimg.tracking import batch, callbacks, model_registry, runs
+from medimg.tracking import batch, model_registry, runs
 from medimg.tracking import store as tracking_store
+from medimg.training import mlflow_logger
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +178,7 @@ def test_epoch_logger_logs_every_epoch_and_continues_steps_on_resume(
     model.compile(optimizer="sgd", loss="binary_crossentropy", metrics=["accuracy"])
     x = np.random.default_rng(0).normal(size=(8, 4)).astype("float32")
     y = (x[:, 0] > 0).astype("float32")
-    logger = callbacks.MlflowEpochLogger(run_id)
+    logger = mlflow_logger.MlflowEpochLogger(run_id)
     model.fit(x, y, validation_data=(x, y), epochs=2, verbose=0, callbacks=[logger])
     # a resumed fit starts at the epoch where the interrupted one stopped
     model.fit(x, y, epochs=3, initial_epoch=2, verbose=0, callbacks=[logger])

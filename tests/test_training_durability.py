@@ -18,7 +18,8 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from medimg.tracking import callbacks, runs
+from medimg.tracking import runs
+from medimg.training import mlflow_logger
 from medimg.training.checkpoints import (
     EpochRecorder,
     ResumeState,
@@ -229,12 +230,12 @@ def test_epoch_logger_logs_the_saved_history_once_and_nothing_after_it(tmp_path:
     client = MlflowClient(uri)
     experiment = client.create_experiment("e", artifact_location=(tmp_path / "a").as_uri())
     run_id = client.create_run(experiment).info.run_id
-    callbacks.MlflowEpochLogger(run_id, uri).on_epoch_end(0, {"loss": 0.9, "val_auc": 0.5})
+    mlflow_logger.MlflowEpochLogger(run_id, uri).on_epoch_end(0, {"loss": 0.9, "val_auc": 0.5})
     # Killed when epoch 3 was in history.csv but the resume state held 2 epochs, epoch 2
     # never logged: the resume logs epoch 2, not epoch 3 (it is trained again).
     history = {"loss": [0.9, 0.8, 0.75], "val_auc": [0.5, 0.6, 0.65]}
     seed_dir = _saved_seed_dir(tmp_path / "seed-0", history, saved=2)
-    resumed = callbacks.MlflowEpochLogger(run_id, uri, seed_dir)
+    resumed = mlflow_logger.MlflowEpochLogger(run_id, uri, seed_dir)
     resumed.on_train_begin()
     resumed.catch_up()  # again (the train stage calls it after every training): no effect
     points = client.get_metric_history(run_id, "epoch_loss")

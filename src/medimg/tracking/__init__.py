@@ -6,6 +6,8 @@
   into once deleted or another store's), orphaned runs closed, logged models left
   unfinished by a kill discarded;
 - `batch`: logging many values in requests within MLflow's limits, each step once;
-- `model_registry`: versions of the best seeds and the champion alias;
-- `callbacks`: the Keras callback that logs each epoch (training reaches MLflow only here).
+- `model_registry`: versions of the best seeds and the champion alias.
+
+The Keras callback that logs each epoch is medimg.training.mlflow_logger: it reads the
+training's resume state, and tracking sits below training.
 """

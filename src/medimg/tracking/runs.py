@@ -3,7 +3,7 @@
 What a killed process left: runs RUNNING (closed as KILLED), logged models PENDING
 (discarded before the model is logged again), run ids of runs that are gone.
 
-Tracking is a side concern: training code receives callbacks (medimg.tracking.callbacks)
+Tracking is a side concern: training code receives callbacks (medimg.training.mlflow_logger)
 and never calls MLflow itself.
 """
 

@@ -48,7 +48,8 @@ from medimg.evaluation.statistics import summarize
 from medimg.inference.pyfunc import log_classifier_model
 from medimg.models.options import weights_kind
 from medimg.models.saved import load_model
-from medimg.tracking import batch, callbacks, model_registry, runs, store
+from medimg.tracking import batch, model_registry, runs, store
+from medimg.training import mlflow_logger
 from medimg.training.checkpoints import save_model_atomically
 from medimg.training.fit import fit_one_seed
 from medimg.training.run_lock import exclusive_run
@@ -157,7 +158,9 @@ def _train_seed(
         child_id = child.info.run_id
         params = runs.flatten_params(_effective_params(run, data, seed))
         batch.log_batch(client, child_id, params=batch.params_of(params))
-        logger = callbacks.MlflowEpochLogger(child_id, client.tracking_uri, work / f"seed-{seed}")
+        logger = mlflow_logger.MlflowEpochLogger(
+            child_id, client.tracking_uri, work / f"seed-{seed}"
+        )
         seeded = resolve_initial_weights(run, work / "initial-weights")
         fit = _fit_or_reuse(seeded, data, work, seed, logger)
         logger.catch_up()  # the saved history, when this run lacks it (a new run, a kill)

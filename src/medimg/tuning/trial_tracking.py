@@ -28,7 +28,8 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from optuna.trial import FrozenTrial, TrialState
 
 from medimg.config.runs import RunConfig
-from medimg.tracking import batch, callbacks, runs, store
+from medimg.tracking import batch, runs, store
+from medimg.training import mlflow_logger
 from medimg.tuning.workers import waiting_lock
 
 STUDY_ROLE = "study"
@@ -100,10 +101,10 @@ class StudyTracker:
 
     def epoch_logger(
         self, trial_run_id: str, trial_number: int, seed: int, repeats: int
-    ) -> callbacks.MlflowEpochLogger:
+    ) -> mlflow_logger.MlflowEpochLogger:
         """Per-epoch curves of one seed: on the trial run, or a nested run per seed."""
         if repeats == 1:
-            return callbacks.MlflowEpochLogger(trial_run_id, self.client.tracking_uri)
+            return mlflow_logger.MlflowEpochLogger(trial_run_id, self.client.tracking_uri)
         tags = {
             **self.tags,
             **runs.process_tags(),
@@ -114,10 +115,10 @@ class StudyTracker:
         }
         name = f"{self.tags['medimg.study']}/trial-{trial_number}/seed-{seed}"
         seed_run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
-        return callbacks.MlflowEpochLogger(seed_run.info.run_id, self.client.tracking_uri)
+        return mlflow_logger.MlflowEpochLogger(seed_run.info.run_id, self.client.tracking_uri)
 
     def finish_seed_run(
-        self, logger: callbacks.MlflowEpochLogger, trial_run_id: str, status: str
+        self, logger: mlflow_logger.MlflowEpochLogger, trial_run_id: str, status: str
     ) -> None:
         if logger.run_id != trial_run_id:
             self.client.set_terminated(logger.run_id, status=status)

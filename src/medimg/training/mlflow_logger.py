@@ -1,7 +1,8 @@
 """A Keras callback that logs each epoch to an MLflow run: tracking reaches training only here.
 
-Kept out of medimg.tracking so that reading the store (the report, predict's model
-sources) does not import Keras and its backend.
+Here in medimg.training, not in medimg.tracking: it reads the training's resume state
+(medimg.training.checkpoints), and tracking sits below training; it also keeps Keras
+and its backend out of what reads the store (the report, predict's model sources).
 """
 
 from __future__ import annotations
