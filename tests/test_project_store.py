@@ -195,9 +195,9 @@ def _databases(root: Path) -> list[str]:
     return sorted(str(path.relative_to(root)) for path in root.rglob("*.db"))
 
 
-def _predict(project: dict, spec: str, cwd: Path) -> dict:
-    image = project["root"] / "scans" / "today" / "scan.png"
-    done = subprocess.run(
+def _run_predict(project: dict, spec: str, target: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`medimg predict --model spec --format json target` in a process of its own at `cwd`."""
+    return subprocess.run(
         [
             sys.executable,
             "-m",
@@ -207,7 +207,7 @@ def _predict(project: dict, spec: str, cwd: Path) -> dict:
             spec,
             "--format",
             "json",
-            os.path.relpath(image, cwd),
+            target,
         ],
         cwd=cwd,
         env=project["env"],
@@ -215,6 +215,11 @@ def _predict(project: dict, spec: str, cwd: Path) -> dict:
         text=True,
         timeout=300,
     )
+
+
+def _predict(project: dict, spec: str, cwd: Path) -> dict:
+    image = project["root"] / "scans" / "today" / "scan.png"
+    done = _run_predict(project, spec, os.path.relpath(image, cwd), cwd)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout)["results"][0]["probabilities"]
 
@@ -231,21 +236,8 @@ def test_predict_finds_the_project_store_without_the_variable(project, where):
 
 @pytest.mark.slow
 def test_predict_outside_the_project_names_the_store_it_looked_for(project, tmp_path):
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "medimg.cli",
-            "predict",
-            "--model",
-            f"models:/{NAME}@champion",
-            str(project["root"] / "scans"),
-        ],
-        cwd=tmp_path,
-        env=project["env"],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    done = _run_predict(
+        project, f"models:/{NAME}@champion", str(project["root"] / "scans"), tmp_path
     )
     assert done.returncode == 2
     assert f"no database at {tmp_path / 'mlruns' / 'mlflow.db'}" in done.stderr

@@ -62,7 +62,7 @@ def tracking_uri() -> str:
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if not env:
         return f"sqlite:///{paths.mlruns_dir() / 'mlflow.db'}"
-    database = _sqlite_path(env) if env.startswith("sqlite:///") else None
+    database = _sqlite_path(env)
     if database is None or database.is_absolute():
         return env
     return f"sqlite:///{paths.store_root() / database}"
@@ -94,7 +94,10 @@ def current_store(uri: str) -> Iterator[None]:
 
 
 def _sqlite_path(uri: str) -> Path | None:
-    """The database file of a sqlite:/// URI (None for an in-memory database)."""
+    """The database file of a sqlite:/// URI (None for an in-memory database or a URI
+    of another kind)."""
+    if not uri.startswith("sqlite:///"):
+        return None
     path = uri.removeprefix("sqlite:///")
     return None if path in ("", ":memory:") else Path(path)
 
@@ -126,7 +129,7 @@ def shareable_uri(uri: str) -> str:
     """`uri` as a shared document names it: masked, and a sqlite database inside the
     project given relative to it (sqlite:///mlruns/mlflow.db), so that a committed
     report names no one's home folder."""
-    database = _sqlite_path(uri) if uri.startswith("sqlite:///") else None
+    database = _sqlite_path(uri)
     if database is not None and database.is_absolute():
         try:
             return f"sqlite:///{database.resolve().relative_to(paths.store_root().resolve())}"
@@ -229,7 +232,7 @@ def _open_first_alone(uri: str) -> None:
     A blocking lock (fcntl, Linux and macOS), unlike medimg.training.run_lock's, which
     refuses a second holder; the kernel releases it however the process ends.
     """
-    database = _sqlite_path(uri) if urlparse(uri).scheme == "sqlite" else None
+    database = _sqlite_path(uri)
     if database is None:
         return
     with database.with_name(f".{database.name}.lock").open("a") as lock:
